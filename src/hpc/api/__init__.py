@@ -1,0 +1,1 @@
+"""The HTTP face of the gateway: Connexion app factory, thin handlers, one error table."""

@@ -1,0 +1,59 @@
+"""The Connexion application factory."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import connexion
+import yaml
+from connexion.exceptions import BadRequestProblem, ProblemException
+from connexion.options import SwaggerUIOptions
+
+from hpc import errors
+from hpc.api import context, problems
+from hpc.config import Config, load_config
+from hpc.services.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "openapi" / "openapi.yaml"
+_PACKAGED_SPEC = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+def load_spec(auth_enabled: bool) -> dict[str, Any]:
+    """The contract, with security requirements removed when authentication is switched off."""
+    path = SPEC_PATH if SPEC_PATH.is_file() else _PACKAGED_SPEC
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not auth_enabled:
+        spec = copy.deepcopy(spec)
+        spec["security"] = []
+        for operations in spec["paths"].values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.pop("security", None)
+    return spec
+
+
+def create_app(config: Config | None = None, gateway: Gateway | None = None) -> connexion.FlaskApp:
+    """Builds the gateway and its HTTP app; background work starts with the app's first lifespan."""
+    config = config or load_config()
+    gateway = gateway or Gateway(config)
+    context.set_gateway(gateway)
+    if not config.auth_enabled:
+        log.warning("=" * 72)
+        log.warning("AUTHENTICATION IS OFF: anyone who can reach %s:%s has full admin rights.",
+                    config.listen_host, config.listen_port)
+        log.warning("Switch it on (auth_enabled: true, HPC_AUTH_ENABLED=1) anywhere but a private test box.")
+        log.warning("=" * 72)
+    app = connexion.FlaskApp(__name__, swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
+    app.add_api(load_spec(config.auth_enabled), swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+                validate_responses=False, strict_validation=False, base_path="")
+    app.add_error_handler(errors.DomainError, problems.domain_error)
+    app.add_error_handler(BadRequestProblem, problems.bad_request)
+    app.add_error_handler(ProblemException, problems.connexion_problem)
+    app.add_error_handler(Exception, problems.internal_error)
+    app.gateway = gateway
+    return app

@@ -1,0 +1,1 @@
+"""Thin handlers, one per operationId: validate, call a service, return a model."""

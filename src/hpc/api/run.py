@@ -1,0 +1,52 @@
+"""Runs the gateway: the API under uvicorn plus the background workers, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from hpc.api.app import create_app
+from hpc.config import ConfigError, load_config
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # paramiko logs every channel open at INFO; its own debug output could include banners, not secrets.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpc-gateway serve", description=__doc__)
+    parser.add_argument("--config", help="YAML configuration file (default: $HPC_CONFIG)")
+    parser.add_argument("--host", help="listen address (overrides the configuration)")
+    parser.add_argument("--port", type=int, help="listen port (overrides the configuration)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"hpc-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        config = config.replace(listen_host=args.host)
+    if args.port:
+        config = config.replace(listen_port=args.port)
+    configure_logging(config.log_level)
+    app = create_app(config)
+    app.gateway.start()
+    try:
+        uvicorn.run(app, host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
+                    access_log=False, lifespan="off")
+    finally:
+        app.gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

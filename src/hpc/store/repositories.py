@@ -1,0 +1,230 @@
+"""Small repository classes over the tables. Rows come back as plain dicts.
+
+Work shared between gateway replicas (polling an infrastructure's jobs, running a transfer) is claimed
+with a lease: an atomic UPDATE that succeeds only when nobody else holds an unexpired lease, so any
+number of replicas can share one database without doing the same work twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from hpc.store import tables
+from hpc.store.tables import utcnow
+
+
+class DuplicateKey(Exception):
+    """A row with that key exists already."""
+
+
+def _row(row) -> dict[str, Any] | None:
+    return dict(row._mapping) if row is not None else None
+
+
+class _Repository:
+    table: sa.Table
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @property
+    def _key(self) -> sa.Column:
+        return list(self.table.primary_key.columns)[0]
+
+    def insert(self, values: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert().values(**values))
+        except sa.exc.IntegrityError:
+            raise DuplicateKey(values[self._key.name]) from None
+        return self.get(values[self._key.name])
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return _row(conn.execute(sa.select(self.table).where(self._key == key)).first())
+
+    def update(self, key: str, where: Iterable[sa.ColumnElement] = (), **values: Any) -> bool:
+        """Updates one row, optionally only if ``where`` holds; True if a row changed."""
+        values.setdefault("updated_at", utcnow())
+        statement = self.table.update().where(self._key == key, *where).values(**values)
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def delete(self, key: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(self.table.delete().where(self._key == key)).rowcount == 1
+
+    def _page(self, conditions: list, limit: int, offset: int, order) -> tuple[list[dict], int]:
+        with self.engine.connect() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(self.table).where(*conditions)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(self.table).where(*conditions).order_by(order).limit(limit).offset(offset)
+            ).all()
+        return [_row(r) for r in rows], total
+
+
+class InfrastructureRepository(_Repository):
+    table = tables.infrastructures
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).order_by(self.table.c.name)).all()
+        return [_row(r) for r in rows]
+
+    def claim_poll(self, name: str, owner: str, ttl: float) -> bool:
+        """Takes (or renews) the lease to poll this infrastructure's jobs; True if held by ``owner``."""
+        now = utcnow()
+        c = self.table.c
+        statement = (
+            self.table.update()
+            .where(c.name == name, sa.or_(c.poll_owner.is_(None), c.poll_owner == owner, c.poll_until < now))
+            .values(poll_owner=owner, poll_until=now + timedelta(seconds=ttl))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def release_poll(self, name: str, owner: str) -> None:
+        c = self.table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.table.update().where(c.name == name, c.poll_owner == owner).values(poll_owner=None, poll_until=None)
+            )
+
+
+class JobRepository(_Repository):
+    table = tables.jobs
+
+    def count_active(self, infrastructure: str, terminal: Iterable[str]) -> int:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
+            ).scalar_one()
+
+    def active(self, infrastructure: str, terminal: Iterable[str]) -> list[dict[str, Any]]:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(self.table).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
+            ).all()
+        return [_row(r) for r in rows]
+
+    def active_infrastructures(self, terminal: Iterable[str]) -> list[str]:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(c.infrastructure).where(c.state.not_in(list(terminal))).distinct()).scalars())
+
+    def page(
+        self,
+        *,
+        owner: str | None,
+        infrastructure: str | None,
+        state: str | None,
+        since: datetime | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        c = self.table.c
+        conditions = []
+        if owner is not None:
+            conditions.append(c.owner == owner)
+        if infrastructure:
+            conditions.append(c.infrastructure == infrastructure)
+        if state:
+            conditions.append(c.state == state)
+        if since:
+            conditions.append(c.created_at >= since)
+        return self._page(conditions, limit, offset, c.created_at.desc())
+
+
+class TransferRepository(_Repository):
+    table = tables.transfers
+
+    def count_active(self, infrastructure: str, terminal: Iterable[str]) -> int:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
+            ).scalar_one()
+
+    def claim_next(self, owner: str, ttl: float, terminal: Iterable[str]) -> dict[str, Any] | None:
+        """Claims one unfinished transfer nobody holds (or whose holder's lease ran out)."""
+        c = self.table.c
+        now = utcnow()
+        with self.engine.connect() as conn:
+            candidates = conn.execute(
+                sa.select(c.id)
+                .where(c.state.not_in(list(terminal)), sa.or_(c.lease_owner.is_(None), c.lease_until < now))
+                .order_by(c.created_at)
+                .limit(8)
+            ).scalars().all()
+        for transfer_id in candidates:
+            if self.renew_lease(transfer_id, owner, ttl, allow_takeover=True):
+                return self.get(transfer_id)
+        return None
+
+    def renew_lease(self, transfer_id: str, owner: str, ttl: float, allow_takeover: bool = False) -> bool:
+        c = self.table.c
+        now = utcnow()
+        held = c.lease_owner == owner
+        if allow_takeover:
+            held = sa.or_(c.lease_owner.is_(None), held, c.lease_until < now)
+        statement = (
+            self.table.update()
+            .where(c.id == transfer_id, held)
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def page(
+        self,
+        *,
+        owner: str | None,
+        infrastructure: str | None,
+        kind: str | None,
+        state: str | None,
+        since: datetime | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        c = self.table.c
+        conditions = []
+        if owner is not None:
+            conditions.append(c.owner == owner)
+        if infrastructure:
+            conditions.append(c.infrastructure == infrastructure)
+        if kind:
+            conditions.append(c.kind == kind)
+        if state:
+            conditions.append(c.state == state)
+        if since:
+            conditions.append(c.created_at >= since)
+        return self._page(conditions, limit, offset, c.created_at.desc())
+
+
+class Store:
+    """The repositories over one engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.infrastructures = InfrastructureRepository(engine)
+        self.jobs = JobRepository(engine)
+        self.transfers = TransferRepository(engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1))
+
+    def close(self) -> None:
+        self.engine.dispose()
