@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fault injection / inspection for the local testbed.
+#   ctl.sh status                      which daemons run (rc 1 if any is stopped)
+#   ctl.sh stop|start|restart DAEMON   DAEMON: sshd slurmctld slurmd munged nginx moto
+# start reuses the configs written by up.sh and waits until ready
+# (sshd: port accepts; slurmctld: sinfo answers; moto: new keys, testbed.env rewritten).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+usage() { echo "usage: $0 status | {stop|start|restart} {sshd|slurmctld|slurmd|munged|nginx|moto}" >&2; exit 2; }
+
+do_start() {
+    case $1 in
+        sshd)
+            [ -s "$TB/ssh/sshd_config" ] || die "no $TB/ssh/sshd_config: run up.sh first"
+            start_sshd ;;
+        slurmctld)
+            [ -s "$SLURM_CONF" ] || die "no $SLURM_CONF: run up.sh first"
+            start_slurmctld
+            wait_sinfo_answers 30
+            log "slurmctld: sinfo answers" ;;
+        slurmd)
+            start_slurmd
+            wait_slurm_ready 30 ;;
+        munged) start_munged ;;
+        nginx)
+            [ -s "$TB/nginx/nginx.conf" ] || die "no $TB/nginx/nginx.conf: run up.sh first"
+            start_nginx ;;
+        moto)
+            start_moto
+            write_env ;;
+        *) usage ;;
+    esac
+}
+
+[ $# -ge 1 ] || usage
+case $1 in
+    status)
+        status_all ;;
+    stop | start | restart)
+        [ $# -eq 2 ] || usage
+        require_root
+        case $2 in sshd | slurmctld | slurmd | munged | nginx | moto) ;; *) usage ;; esac
+        take_lock
+        if [ "$1" != start ]; then stop_daemon "$2"; fi
+        if [ "$1" != stop ]; then do_start "$2"; fi ;;
+    *) usage ;;
+esac

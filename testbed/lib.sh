@@ -1,0 +1,527 @@
+# Shared functions of the local HPC testbed (sourced by up.sh, down.sh, ctl.sh).
+# Everything binds to 127.0.0.1. Daemons are tracked by pid files; nothing uses systemd.
+# shellcheck shell=bash
+
+TB=${HPC_TESTBED_DIR:-/var/lib/hpc-testbed}
+VENV=/opt/hpc-testbed/venv
+TB_USER=hpcuser
+SSH_PORT=2222
+S3_PORT=9000
+HTTP_PORT=8081
+CTLD_PORT=6817
+SLURMD_PORT=6818
+SLURM_CONF=/etc/slurm/slurm.conf
+JOBCOMP=/var/log/slurm/jobcomp.log
+MUNGE_PID=/run/munge/munged.pid
+S3_REGION=us-east-1
+
+log() { echo "[testbed] $*"; }
+die() { echo "[testbed] ERROR: $*" >&2; exit 1; }
+
+# monotonic-ish timer for summaries
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
+
+require_root() { [ "$(id -u)" -eq 0 ] || die "must run as root"; }
+
+# Serialize up/down/ctl across concurrent callers. fd 9 is closed in every daemon we start.
+take_lock() {
+    mkdir -p "$TB"
+    exec 9>"$TB/.lock"
+    flock -w 180 9 || die "could not get $TB/.lock within 180 s (another up/down/ctl running?)"
+}
+
+# ---------------------------------------------------------------- processes
+# A pid is alive if /proc/PID exists and its state is not Z (zombie: killed daemons are
+# reparented to a PID 1 that reaps them only after a while).
+pid_alive() {
+    local pid=$1 st
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    st=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# pidfile_pid FILE COMM: print the pid if FILE names a live process whose comm is COMM.
+pidfile_pid() {
+    local file=$1 comm=$2 pid
+    [ -s "$file" ] || return 1
+    pid=$(tr -dc '0-9' <"$file")
+    pid_alive "$pid" || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || return 1
+    echo "$pid"
+}
+
+# Daemon table: name -> pid file, comm
+pidfile_of() {
+    case $1 in
+        sshd) echo "$TB/pids/sshd.pid" ;;
+        munged) echo "$MUNGE_PID" ;;
+        slurmctld) echo "$TB/pids/slurmctld.pid" ;;
+        slurmd) echo "$TB/pids/slurmd.pid" ;;
+        nginx) echo "$TB/pids/nginx.pid" ;;
+        moto) echo "$TB/pids/moto.pid" ;;
+        *) die "unknown daemon $1" ;;
+    esac
+}
+comm_of() {
+    case $1 in
+        moto) echo moto_server ;;
+        *) echo "$1" ;;
+    esac
+}
+port_of() {
+    case $1 in
+        sshd) echo $SSH_PORT ;; slurmctld) echo $CTLD_PORT ;; slurmd) echo $SLURMD_PORT ;;
+        nginx) echo $HTTP_PORT ;; moto) echo $S3_PORT ;; munged) echo "" ;;
+    esac
+}
+daemon_pid() { pidfile_pid "$(pidfile_of "$1")" "$(comm_of "$1")"; }
+daemon_running() { daemon_pid "$1" >/dev/null; }
+
+# spawn NAME LOGFILE CMD...: start a foreground daemon in its own session, record its pid.
+spawn() {
+    local name=$1 logf=$2; shift 2
+    setsid "$@" </dev/null >>"$logf" 2>&1 9>&- &
+    echo $! >"$(pidfile_of "$name")"
+}
+
+# stop_daemon NAME: TERM, wait up to 5 s, then KILL. Only the pid from our pid file.
+stop_daemon() {
+    local name=$1 file pid i
+    file=$(pidfile_of "$name")
+    if ! pid=$(daemon_pid "$name"); then
+        rm -f "$file"
+        log "$name: not running"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_alive "$pid" || break
+        sleep 0.1
+    done
+    if pid_alive "$pid"; then
+        log "$name: still alive after 5 s, sending KILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        for ((i = 0; i < 20; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+    fi
+    rm -f "$file"
+    log "$name: stopped (pid $pid)"
+}
+
+# ---------------------------------------------------------------- ports
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# listeners on a TCP port (any address), as ss lines
+port_listeners() { ss -Hltnp "( sport = :$1 )" 2>/dev/null || true; }
+
+# marker in /proc/PID/cmdline that identifies the testbed's own instance of a daemon
+marker_of() {
+    case $1 in
+        sshd) echo "$TB/ssh/sshd_config" ;;
+        nginx) echo "$TB/nginx/nginx.conf" ;;
+        moto) echo "$VENV/bin/moto_server" ;;
+        slurmctld) echo "/usr/sbin/slurmctld" ;;
+        slurmd) echo "/usr/sbin/slurmd" ;;
+        *) echo "" ;;
+    esac
+}
+
+# adopt_orphan NAME: if NAME's pid file is stale but a testbed instance of NAME holds its port
+# (pid file lost or overwritten), record that pid again instead of failing on a busy port.
+adopt_orphan() {
+    local name=$1 port marker pid
+    daemon_running "$name" && return 1
+    port=$(port_of "$name"); marker=$(marker_of "$name")
+    [ -n "$port" ] && [ -n "$marker" ] || return 1
+    for pid in $(port_listeners "$port" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -un); do
+        pid_alive "$pid" || continue
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(comm_of "$name")" ] || continue
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || continue
+        echo "$pid" >"$(pidfile_of "$name")"
+        log "$name: adopted running instance pid $pid (pid file was stale)"
+        return 0
+    done
+    return 1
+}
+
+# ensure_port_free NAME: before starting NAME, its port must be free.
+ensure_port_free() {
+    local name=$1 port lines
+    port=$(port_of "$name")
+    [ -n "$port" ] || return 0
+    lines=$(port_listeners "$port")
+    [ -z "$lines" ] && return 0
+    # a dying instance of ours may still hold it for a moment
+    sleep 0.5
+    lines=$(port_listeners "$port")
+    [ -z "$lines" ] && return 0
+    die "port $port (for $name) is held by another program:
+$lines
+Stop that program or free the port, then re-run."
+}
+
+wait_port() { # wait_port PORT SECONDS WHAT
+    local port=$1 secs=$2 what=$3 i
+    for ((i = 0; i < secs * 10; i++)); do
+        port_open "$port" && return 0
+        sleep 0.1
+    done
+    die "$what did not accept connections on 127.0.0.1:$port within $secs s"
+}
+
+# write_file FILE MODE: write stdin to FILE only if the content differs. Sets CHANGED=1 if written.
+write_file() {
+    local file=$1 mode=${2:-644} tmp
+    tmp=$(mktemp "$file.XXXXXX")
+    cat >"$tmp"
+    if [ -f "$file" ] && cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+    else
+        chmod "$mode" "$tmp"
+        mv -f "$tmp" "$file"
+        CHANGED=1
+    fi
+}
+
+dirs() {
+    install -d -m 755 "$TB" "$TB/www" "$TB/logs" "$TB/ssh" "$TB/nginx" "$TB/nginx/logs" "$TB/nginx/tmp"
+    install -d -m 700 "$TB/keys" "$TB/pids" "$TB/s3"
+}
+
+# ---------------------------------------------------------------- sshd
+setup_ssh() {
+    local shadow
+    if ! id "$TB_USER" >/dev/null 2>&1; then
+        useradd -m -s /bin/bash "$TB_USER"
+        log "created user $TB_USER"
+    fi
+    shadow=$(getent shadow "$TB_USER" | cut -d: -f2)
+    # useradd leaves '!' (locked) and sshd then refuses: "account is locked"
+    if [[ $shadow == '!'* ]] || [ -z "$shadow" ]; then usermod -p '*' "$TB_USER"; fi
+
+    [ -s "$TB/ssh/host_ed25519" ] || { ssh-keygen -q -t ed25519 -N '' -C testbed-host -f "$TB/ssh/host_ed25519"; log "generated host key"; }
+    [ -s "$TB/keys/id_ed25519" ] || { ssh-keygen -q -t ed25519 -N '' -C testbed-client -f "$TB/keys/id_ed25519"; log "generated client key"; }
+    [ -s "$TB/keys/id_ed25519_pw" ] || { ssh-keygen -q -t ed25519 -N testpass -C testbed-client-pw -f "$TB/keys/id_ed25519_pw"; log "generated passphrase client key"; }
+
+    local home
+    home=$(getent passwd "$TB_USER" | cut -d: -f6)
+    install -d -m 700 -o "$TB_USER" -g "$TB_USER" "$home/.ssh"
+    touch "$home/.ssh/authorized_keys"
+    local k
+    for k in "$TB/keys/id_ed25519.pub" "$TB/keys/id_ed25519_pw.pub"; do
+        grep -qxF "$(cat "$k")" "$home/.ssh/authorized_keys" || cat "$k" >>"$home/.ssh/authorized_keys"
+    done
+    chown "$TB_USER:" "$home/.ssh/authorized_keys"
+    chmod 600 "$home/.ssh/authorized_keys"
+    install -d -m 755 /run/sshd
+
+    CHANGED=0
+    write_file "$TB/ssh/sshd_config" 644 <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $TB/ssh/host_ed25519
+PidFile $TB/pids/sshd.pid
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $TB_USER
+UsePAM no
+Subsystem sftp internal-sftp
+MaxStartups 100:30:200
+MaxSessions 64
+EOF
+    SSHD_CONF_CHANGED=$CHANGED
+    echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1-2 "$TB/ssh/host_ed25519.pub")" | write_file "$TB/keys/known_hosts" 644
+}
+
+start_sshd() {
+    adopt_orphan sshd || true
+    if daemon_running sshd; then
+        if [ "${SSHD_CONF_CHANGED:-0}" = 1 ]; then log "sshd: config changed, restarting"; stop_daemon sshd; else log "sshd: running (pid $(daemon_pid sshd))"; return 0; fi
+    fi
+    rm -f "$TB/pids/sshd.pid"
+    ensure_port_free sshd
+    /usr/sbin/sshd -t -f "$TB/ssh/sshd_config" || die "sshd config test failed ($TB/ssh/sshd_config)"
+    /usr/sbin/sshd -f "$TB/ssh/sshd_config" -E "$TB/logs/sshd.log" 9>&- || die "sshd failed to start, see $TB/logs/sshd.log"
+    wait_port $SSH_PORT 10 sshd
+    local i
+    for ((i = 0; i < 20; i++)); do daemon_running sshd && break; sleep 0.05; done
+    daemon_running sshd || die "sshd: no live pid in $TB/pids/sshd.pid"
+    log "sshd: started on 127.0.0.1:$SSH_PORT (pid $(daemon_pid sshd))"
+}
+
+# ---------------------------------------------------------------- munge
+start_munged() {
+    if daemon_running munged; then log "munged: running (pid $(daemon_pid munged))"; return 0; fi
+    [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key
+    chmod 400 /etc/munge/munge.key
+    install -d -m 755 -o munge -g munge /run/munge /var/log/munge /var/lib/munge
+    rm -f "$MUNGE_PID"
+    # --force: take over a stale socket left by a killed munged
+    runuser -u munge -- /usr/sbin/munged --num-threads=4 --force 9>&- || die "munged failed to start, see /var/log/munge/munged.log"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    munge -n | unmunge | grep -q 'STATUS: *Success' || die "munge self-test failed"
+    log "munged: started (pid $(daemon_pid munged))"
+}
+
+# ---------------------------------------------------------------- slurm
+setup_slurm() {
+    local cpus mem
+    cpus=$(nproc)
+    mem=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
+    install -d -m 755 /etc/slurm
+    install -d -m 755 -o slurm -g slurm /var/spool/slurmctld /var/log/slurm
+    install -d -m 755 /var/spool/slurmd
+    [ -e "$JOBCOMP" ] || install -m 644 -o slurm -g slurm /dev/null "$JOBCOMP"
+    chmod 644 "$JOBCOMP"
+    CHANGED=0
+    write_file "$SLURM_CONF" 644 <<EOF
+# Written by hpc-gateway testbed/up.sh -- single-node test cluster on 127.0.0.1
+ClusterName=testbed
+SlurmctldHost=localhost(127.0.0.1)
+SlurmUser=slurm
+AuthType=auth/munge
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$JOBCOMP
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+EnforcePartLimits=ALL
+MinJobAge=600
+KillWait=5
+SlurmdTimeout=30
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+EOF
+    SLURM_CONF_CHANGED=$CHANGED
+}
+
+start_slurmctld() {
+    adopt_orphan slurmctld || true
+    if daemon_running slurmctld; then
+        if [ "${SLURM_CONF_CHANGED:-0}" = 1 ]; then log "slurmctld: config changed, restarting"; stop_daemon slurmctld; else log "slurmctld: running (pid $(daemon_pid slurmctld))"; return 0; fi
+    fi
+    ensure_port_free slurmctld
+    spawn slurmctld "$TB/logs/slurmctld.out" /usr/sbin/slurmctld -D -i
+    wait_port $CTLD_PORT 15 slurmctld
+    log "slurmctld: started on 127.0.0.1:$CTLD_PORT (pid $(daemon_pid slurmctld))"
+}
+
+start_slurmd() {
+    adopt_orphan slurmd || true
+    if daemon_running slurmd; then
+        if [ "${SLURM_CONF_CHANGED:-0}" = 1 ]; then log "slurmd: config changed, restarting"; stop_daemon slurmd; else log "slurmd: running (pid $(daemon_pid slurmd))"; return 0; fi
+    fi
+    ensure_port_free slurmd
+    spawn slurmd "$TB/logs/slurmd.out" /usr/sbin/slurmd -D -N localhost
+    wait_port $SLURMD_PORT 15 slurmd
+    log "slurmd: started on 127.0.0.1:$SLURMD_PORT (pid $(daemon_pid slurmd))"
+}
+
+node_state() { timeout 5 sinfo -h -n localhost -o %T 2>/dev/null | head -1; }
+
+# wait until the node is usable (idle; mixed/allocated when jobs run). Resume it if down/drained.
+wait_slurm_ready() {
+    local secs=${1:-30} i st="" resumed=0
+    for ((i = 0; i < secs * 5; i++)); do
+        st=$(node_state || true)
+        case $st in
+            idle | mixed | allocated | completing) log "slurm: node localhost is $st"; return 0 ;;
+            down | drained | draining | drain | fail | failing)
+                if [ $resumed = 0 ]; then
+                    log "slurm: node is $st, resuming"
+                    scontrol update nodename=localhost state=resume || true
+                    resumed=1
+                fi ;;
+        esac
+        sleep 0.2
+    done
+    die "slurm node not idle after $secs s (sinfo state: '${st:-no answer}'); see /var/log/slurm/slurmctld.log, /var/log/slurm/slurmd.log"
+}
+
+wait_sinfo_answers() {
+    local secs=${1:-30} i
+    for ((i = 0; i < secs * 5; i++)); do
+        timeout 5 sinfo -h >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    die "sinfo got no answer from slurmctld within $secs s"
+}
+
+# ---------------------------------------------------------------- nginx
+setup_nginx() {
+    install -d -m 755 "$TB/www"
+    chmod 755 "$TB" "$TB/www"
+    [ -e "$TB/www/index.html" ] || echo '<html><body>hpc-gateway testbed</body></html>' >"$TB/www/index.html"
+    [ -e "$TB/www/hello.txt" ] || echo 'hello from the hpc-gateway testbed' >"$TB/www/hello.txt"
+    chmod 644 "$TB/www/index.html" "$TB/www/hello.txt"
+    CHANGED=0
+    write_file "$TB/nginx/nginx.conf" 644 <<EOF
+worker_processes 1;
+daemon off;
+pid $TB/pids/nginx.pid;
+error_log $TB/nginx/logs/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log $TB/nginx/logs/access.log;
+  client_body_temp_path $TB/nginx/tmp/body;
+  proxy_temp_path $TB/nginx/tmp/proxy;
+  fastcgi_temp_path $TB/nginx/tmp/fcgi;
+  uwsgi_temp_path $TB/nginx/tmp/uwsgi;
+  scgi_temp_path $TB/nginx/tmp/scgi;
+  types { text/html html; text/plain txt; application/json json; }
+  default_type application/octet-stream;
+  sendfile on;
+  server { listen 127.0.0.1:$HTTP_PORT; root $TB/www; autoindex on; }
+}
+EOF
+    NGINX_CONF_CHANGED=$CHANGED
+}
+
+start_nginx() {
+    adopt_orphan nginx || true
+    if daemon_running nginx; then
+        if [ "${NGINX_CONF_CHANGED:-0}" = 1 ]; then log "nginx: config changed, restarting"; stop_daemon nginx; else log "nginx: running (pid $(daemon_pid nginx))"; return 0; fi
+    fi
+    ensure_port_free nginx
+    nginx -q -t -c "$TB/nginx/nginx.conf" -p "$TB/nginx/" || die "nginx config test failed ($TB/nginx/nginx.conf)"
+    spawn nginx "$TB/logs/nginx.out" nginx -c "$TB/nginx/nginx.conf" -p "$TB/nginx/"
+    wait_port $HTTP_PORT 10 nginx
+    log "nginx: started on 127.0.0.1:$HTTP_PORT (pid $(daemon_pid nginx))"
+}
+
+# ---------------------------------------------------------------- moto (S3)
+# Credentials live only in moto's memory: a new key pair is made whenever moto (re)starts.
+s3_creds_ok() {
+    [ -s "$TB/s3/credentials" ] || return 1
+    # shellcheck disable=SC1091
+    (. "$TB/s3/credentials" && AK=$TESTBED_S3_ACCESS_KEY SK=$TESTBED_S3_SECRET_KEY "$VENV/bin/python" - <<'EOF'
+import os, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1",
+                  aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"],
+                  config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10))
+s3.list_buckets()
+EOF
+    ) >/dev/null 2>&1
+}
+
+start_moto() {
+    adopt_orphan moto || true
+    if daemon_running moto; then
+        if s3_creds_ok; then log "moto: running (pid $(daemon_pid moto)), saved keys work"; return 0; fi
+        log "moto: running but saved keys do not work (state reset?), restarting"
+        stop_daemon moto
+    fi
+    ensure_port_free moto
+    [ -x "$VENV/bin/moto_server" ] || die "$VENV/bin/moto_server missing: run testbed/install.sh"
+    INITIAL_NO_AUTH_ACTION_COUNT=3 spawn moto "$TB/logs/moto.log" "$VENV/bin/moto_server" -H 127.0.0.1 -p $S3_PORT
+    wait_port $S3_PORT 20 moto_server
+    # exactly 3 unauthenticated actions: create_user, create_access_key, put_user_policy
+    local out
+    out=$(umask 077 && "$VENV/bin/python" - <<'EOF'
+import json, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+EP, REGION = "http://127.0.0.1:9000", "us-east-1"
+cfg = Config(retries={"max_attempts": 1})
+iam = boto3.client("iam", endpoint_url=EP, region_name=REGION, aws_access_key_id="bootstrap",
+                   aws_secret_access_key="bootstrap", config=cfg)
+iam.create_user(UserName="testbed")
+key = iam.create_access_key(UserName="testbed")["AccessKey"]
+iam.put_user_policy(UserName="testbed", PolicyName="s3-all", PolicyDocument=json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+ak, sk = key["AccessKeyId"], key["SecretAccessKey"]
+s3 = boto3.client("s3", endpoint_url=EP, region_name=REGION, aws_access_key_id=ak,
+                  aws_secret_access_key=sk, config=cfg)
+s3.create_bucket(Bucket="testbed-probe")
+s3.delete_bucket(Bucket="testbed-probe")
+for bad_ak, bad_sk, want in ((ak[:-4] + "XXXX", sk, "InvalidAccessKeyId"), (ak, sk[:-4] + "xxxx", "SignatureDoesNotMatch")):
+    bad = boto3.client("s3", endpoint_url=EP, region_name=REGION, aws_access_key_id=bad_ak,
+                       aws_secret_access_key=bad_sk, config=cfg)
+    try:
+        bad.list_buckets()
+    except ClientError as e:
+        code = e.response["Error"]["Code"]
+        assert code == want, f"wrong key gave {code}, expected {want}"
+    else:
+        raise SystemExit("moto accepted a wrong key: auth is not enforced")
+print(f"TESTBED_S3_ACCESS_KEY={ak}\nTESTBED_S3_SECRET_KEY={sk}")
+EOF
+    ) || die "moto IAM bootstrap/verification failed, see $TB/logs/moto.log"
+    (umask 077 && echo "$out" >"$TB/s3/credentials")
+    chmod 600 "$TB/s3/credentials"
+    log "moto: started on 127.0.0.1:$S3_PORT (pid $(daemon_pid moto)), IAM user testbed, keys verified, wrong keys refused"
+}
+
+# ---------------------------------------------------------------- env file
+write_env() {
+    local hk_type hk_b64 fp ak sk
+    read -r hk_type hk_b64 _ <"$TB/ssh/host_ed25519.pub"
+    fp=$(ssh-keygen -lf "$TB/ssh/host_ed25519.pub" | awk '{print $2}')
+    ak=$(sed -n 's/^TESTBED_S3_ACCESS_KEY=//p' "$TB/s3/credentials" 2>/dev/null || true)
+    sk=$(sed -n 's/^TESTBED_S3_SECRET_KEY=//p' "$TB/s3/credentials" 2>/dev/null || true)
+    CHANGED=0
+    write_file "$TB/testbed.env" 600 <<EOF
+TESTBED_DIR=$TB
+TESTBED_SSH_HOST=127.0.0.1
+TESTBED_SSH_PORT=$SSH_PORT
+TESTBED_SSH_USER=$TB_USER
+TESTBED_SSH_KEY=$TB/keys/id_ed25519
+TESTBED_SSH_KEY_PW=$TB/keys/id_ed25519_pw
+TESTBED_SSH_KEY_PASSPHRASE=testpass
+TESTBED_KNOWN_HOSTS=$TB/keys/known_hosts
+TESTBED_HOST_KEY_TYPE=$hk_type
+TESTBED_HOST_KEY_B64=$hk_b64
+TESTBED_HOST_KEY_FINGERPRINT=$fp
+TESTBED_HOSTNAME=$(hostname)
+TESTBED_SLURM_CPUS=$(nproc)
+TESTBED_SLURM_PARTITION=debug
+TESTBED_SLURM_NODE=localhost
+TESTBED_JOBCOMP=$JOBCOMP
+TESTBED_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+TESTBED_S3_ACCESS_KEY=$ak
+TESTBED_S3_SECRET_KEY=$sk
+TESTBED_S3_REGION=$S3_REGION
+TESTBED_HTTP_URL=http://127.0.0.1:$HTTP_PORT
+TESTBED_HTTP_ROOT=$TB/www
+EOF
+}
+
+ALL_DAEMONS="sshd munged slurmctld slurmd nginx moto"
+
+status_all() {
+    local d pid port rc=0
+    for d in $ALL_DAEMONS; do
+        port=$(port_of "$d")
+        if pid=$(daemon_pid "$d"); then
+            printf '%-10s running  pid %-8s %s\n' "$d" "$pid" "${port:+127.0.0.1:$port}"
+        else
+            printf '%-10s stopped\n' "$d"
+            rc=1
+        fi
+    done
+    return $rc
+}
