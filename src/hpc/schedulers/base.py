@@ -1,0 +1,411 @@
+"""The scheduler protocol, documented once, and what every adapter shares.
+
+A scheduler adapter is pure: it builds command strings and batch scripts and parses what those commands
+printed, given as ``(exit_code, stdout, stderr)``. It never runs anything, reads no clock and touches no
+file or database; only the service layer runs the commands (through the SSH runner) and stores results.
+
+Every value that reaches a remote shell goes through :func:`hpc.ssh.quoting.quote` exactly once.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from hpc.ssh.quoting import quote
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, enum.Enum):
+    """Normalized job state; the native state and reason are kept beside it in :class:`NativeStatus`."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    UNKNOWN = "unknown"
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+
+# Forward-only order: queued < running < any terminal state. UNKNOWN has no rank: it never replaces a
+# known state (an odd native code seen once must not move a job backwards or end it).
+ORDER: Mapping[JobState, int] = MappingProxyType(
+    {JobState.QUEUED: 0, JobState.RUNNING: 1, **{s: 2 for s in TERMINAL_STATES}}
+)
+
+
+def is_terminal(state: JobState) -> bool:
+    """Tell whether a job in ``state`` has ended for good."""
+    return state in TERMINAL_STATES
+
+
+def advance(current: JobState | None, observed: JobState) -> JobState:
+    """Return the state a job moves to when ``observed`` is reported while it is in ``current``.
+
+    States only move forward; a terminal state is final; UNKNOWN never replaces a known state. A Slurm
+    requeue (RUNNING -> PENDING) therefore keeps the job RUNNING in the gateway.
+    """
+    if current is None or current is JobState.UNKNOWN:
+        return observed
+    if observed is JobState.UNKNOWN or is_terminal(current):
+        return current
+    return observed if ORDER[observed] > ORDER[current] else current
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks for. ``memory_mb`` is per node (Slurm ``--mem``); ``walltime_s`` in seconds."""
+
+    nodes: int | None = None
+    tasks: int | None = None
+    cpus_per_task: int | None = None
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+    partition: str | None = None
+    account: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "tasks", "cpus_per_task", "memory_mb", "walltime_s"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("partition", "account"):
+            value = getattr(self, name)
+            if value is not None:
+                check_directive_value(name, value)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as the gateway submits it. Paths are absolute paths on the cluster.
+
+    ``job_dir`` holds the gateway's job files (created by the caller): the rendered script writes
+    ``started`` and ``ended`` (epoch seconds) and ``exit_code`` there; the submit command writes
+    ``submit.out``. ``setup_lines`` are trusted site configuration, inserted verbatim.
+    """
+
+    name: str
+    job_dir: str
+    payload: str
+    resources: Resources = field(default_factory=Resources)
+    workdir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    stdout: str | None = None
+    stderr: str | None = None
+    setup_lines: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("job_dir", "payload", "workdir", "stdout", "stderr"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+                raise ValueError(f"{name} must be an absolute path, got {value!r}")
+        for key in self.env:
+            if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+
+    @property
+    def stdout_path(self) -> str:
+        return self.stdout or self.job_dir.rstrip("/") + "/stdout"
+
+    @property
+    def stderr_path(self) -> str:
+        return self.stderr or self.job_dir.rstrip("/") + "/stderr"
+
+
+@dataclass
+class NativeStatus:
+    """One job as the scheduler reports it. ``exit_code`` uses the shell convention (128+N = signal N)
+    and is set only once the job has ended; times are passed through as the scheduler printed them."""
+
+    scheduler_id: str
+    state: JobState
+    native_state: str
+    reason: str | None = None
+    exit_code: int | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+
+
+@dataclass
+class Partition:
+    """Load of one partition (Slurm) or queue (PBS)."""
+
+    name: str
+    total_nodes: int
+    avail_nodes: int
+    total_cpus: int
+    avail_cpus: int
+    running_jobs: int
+    queued_jobs: int
+
+
+class SchedulerParseError(Exception):
+    """The whole output of a scheduler command is unusable (e.g. the controller is down)."""
+
+
+class SchedulerCommandError(Exception):
+    """The scheduler refused a request; ``message`` is the scheduler's own text, trimmed."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Scheduler(abc.ABC):
+    """The protocol every scheduler adapter implements; all methods are pure functions of strings.
+
+    Submitting: the caller creates ``spec.job_dir`` and uploads the payload, renders the script with
+    :meth:`render_script`, runs ``command, stdin = submit_command(spec, script_path)`` (uploading the
+    script to ``script_path`` first when ``stdin`` is None) and hands the result to :meth:`parse_submit`,
+    which returns the scheduler's job id or raises :class:`SchedulerCommandError`. The submit command
+    also leaves the scheduler's stdout in ``<job_dir>/submit.out``: a gateway that crashed after
+    submitting reconciles by reading that file with ``parse_submit(0, content, "")`` instead of
+    submitting twice.
+
+    Job files written by the rendered script in ``job_dir``: ``started`` (epoch seconds, when the body
+    began), ``ended`` (epoch seconds, when it exited) and ``exit_code`` (the payload's exit code in the
+    shell convention; 143 when the job was sent SIGTERM by a cancel or a time limit). ``exit_code`` is
+    written through a temporary file and ``mv``, so a reader sees it whole or not at all; ``ended`` is
+    written before it.
+
+    Polling: ONE :meth:`status_command` for many ids; :meth:`parse_status` returns the ids the scheduler
+    still reports. An absent id has left the queue (or finished with an outcome the scheduler does not
+    report, such as PBS ``C`` without an exit status): the caller reads ``exit_code`` and asks
+    :func:`final_state_from_exit_code`. An unknown native state becomes UNKNOWN (logged), never an
+    exception; :class:`SchedulerParseError` means the whole output is unusable. Apply :func:`advance`
+    so states only move forward.
+
+    Cancelling: :meth:`parse_cancel` accepts "already finished/unknown" as success.
+
+    Telemetry: ONE :meth:`telemetry_command`; :meth:`parse_telemetry` returns one :class:`Partition`
+    per partition/queue. Multi-part commands print a ``@@hpc-rc=N`` line after each part so every
+    part's exit code survives in stdout.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def directives(self, spec: JobSpec) -> list[str]:
+        """The scheduler's own directive lines (``#SBATCH ...`` or ``#PBS ...``) for ``spec``."""
+
+    def render_script(self, spec: JobSpec) -> str:
+        """Render the batch script: shebang, the scheduler's directives, then the common body."""
+        return "\n".join(["#!/bin/bash", *self.directives(spec), *render_body(spec)]) + "\n"
+
+    @abc.abstractmethod
+    def submit_command(self, spec: JobSpec, script_path: str) -> tuple[str, bytes | None]:
+        """Return ``(command, stdin)``; stdin is the script when the scheduler reads it from stdin."""
+
+    @abc.abstractmethod
+    def parse_submit(self, exit_code: int, stdout: str, stderr: str) -> str:
+        """Return the scheduler's job id, or raise :class:`SchedulerCommandError`."""
+
+    @abc.abstractmethod
+    def status_command(self, ids: Sequence[str]) -> str:
+        """One command reporting all ``ids``."""
+
+    @abc.abstractmethod
+    def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
+        """Map each id the scheduler still reports to its status."""
+
+    @abc.abstractmethod
+    def cancel_command(self, ids: Sequence[str]) -> str:
+        """One command cancelling all ``ids``."""
+
+    @abc.abstractmethod
+    def parse_cancel(self, exit_code: int, stdout: str, stderr: str) -> None:
+        """Raise :class:`SchedulerCommandError` on a real refusal; jobs already gone are fine."""
+
+    @abc.abstractmethod
+    def telemetry_command(self) -> str:
+        """One command reporting nodes, CPUs and job counts of every partition/queue."""
+
+    @abc.abstractmethod
+    def parse_telemetry(self, exit_code: int, stdout: str, stderr: str) -> list[Partition]:
+        """Parse :meth:`telemetry_command` output."""
+
+
+def get_scheduler(name: str) -> Scheduler:
+    """Return the adapter called ``name``: ``"slurm"`` or ``"pbs"``."""
+    from hpc.schedulers.pbs import PbsScheduler
+    from hpc.schedulers.slurm import SlurmScheduler
+
+    adapters: dict[str, type[Scheduler]] = {"slurm": SlurmScheduler, "pbs": PbsScheduler}
+    if name not in adapters:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(adapters)}")
+    return adapters[name]()
+
+
+# Hint for final_state_from_exit_code: the gateway itself asked the scheduler to cancel the job.
+CANCEL_REQUESTED = "cancel-requested"
+
+# Native states (either scheduler) that tell how a job that left the queue ended.
+_CANCEL_HINTS = frozenset({CANCEL_REQUESTED, "CANCELLED", "CA"})
+_TIMEOUT_HINTS = frozenset({"TIMEOUT", "TO", "DEADLINE"})
+SIGTERM_EXIT = 128 + 15
+
+
+def final_state_from_exit_code(
+    exit_code: int | None,
+    native_hint: str | None,
+    *,
+    runtime_s: int | None = None,
+    walltime_s: int | None = None,
+) -> JobState:
+    """Decide how a job that left the queue ended, from its ``exit_code`` file.
+
+    Rules, first match wins:
+
+    1. ``exit_code == 0`` -> COMPLETED.
+    2. ``native_hint`` is :data:`CANCEL_REQUESTED` or a native cancelled state -> CANCELLED.
+    3. ``native_hint`` is a native timeout state, or the job ran at least its walltime
+       (``runtime_s >= walltime_s``, e.g. ``ended - started``) while the exit code is 143 -> TIMEOUT.
+    4. ``exit_code is None`` (no file: the script never ran, or was SIGKILLed before its trap ran,
+       e.g. node failure) -> FAILED.
+    5. 143 (SIGTERM; the script's trap records 143 whenever the scheduler terminates it) without
+       evidence of a time limit -> CANCELLED (cancelled outside the gateway, e.g. by an admin).
+    6. Anything else (1-255, 137 = SIGKILL e.g. by the OOM killer) -> FAILED.
+
+    ``native_hint`` is the last native state seen by a poll (``"RUNNING"``, ``"R"``, ``"TIMEOUT"``) or
+    :data:`CANCEL_REQUESTED`.
+    """
+    hint = (native_hint or "").strip().upper() if native_hint != CANCEL_REQUESTED else CANCEL_REQUESTED
+    if exit_code == 0:
+        return JobState.COMPLETED
+    if hint in _CANCEL_HINTS:
+        return JobState.CANCELLED
+    ran_out = runtime_s is not None and walltime_s is not None and runtime_s >= walltime_s
+    if hint in _TIMEOUT_HINTS or (exit_code == SIGTERM_EXIT and ran_out):
+        return JobState.TIMEOUT
+    if exit_code == SIGTERM_EXIT:
+        return JobState.CANCELLED
+    return JobState.FAILED
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers shared by the adapters.
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_directive_value(name: str, value: str) -> str:
+    """Refuse what no directive line can carry the same way for the scheduler and for bash.
+
+    A newline would end the directive and start a shell line; sbatch's directive tokenizer treats a
+    backslash as an escape even inside single quotes (unlike bash); a leading dash would read as an
+    option. Everything else is carried by :func:`quote`.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    if _CONTROL.search(value) or "\\" in value:
+        raise ValueError(f"{name} must not contain control characters or backslashes: {value!r}")
+    if value.startswith("-"):
+        raise ValueError(f"{name} must not start with '-': {value!r}")
+    return value
+
+
+_NAME_DROP = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitize_job_name(name: str) -> str:
+    """Job name for a directive: only ``[A-Za-z0-9._-]``, starting with a letter or digit, at most 64."""
+    cleaned = _NAME_DROP.sub("", name or "").lstrip(".-")[:64]
+    return cleaned or "job"
+
+
+def render_body(spec: JobSpec) -> list[str]:
+    """The scheduler-independent part of the batch script (see :class:`Scheduler` for the files)."""
+    lines = [
+        "# Written by hpc-gateway. Job files in the job directory: started, ended, exit_code.",
+        f"hpc_job_dir={quote(spec.job_dir)}",
+        "hpc_child=",
+        "hpc_put() {",
+        '    printf \'%s\\n\' "$2" > "$hpc_job_dir/$1.tmp" && mv -f "$hpc_job_dir/$1.tmp" "$hpc_job_dir/$1"',
+        "}",
+        'hpc_on_exit() { hpc_put ended "$(date +%s)"; hpc_put exit_code "$1"; }',
+        "hpc_on_term() {",
+        "    trap '' TERM",
+        "    hpc_on_exit 143",
+        '    if [ -n "$hpc_child" ]; then kill -TERM "$hpc_child" 2>/dev/null; wait "$hpc_child"; fi',
+        "    exit 143",
+        "}",
+        "trap 'hpc_on_exit \"$?\"' EXIT",
+        "trap hpc_on_term TERM",
+        'hpc_put started "$(date +%s)"',
+        f"cd {quote(spec.workdir or spec.job_dir)} || exit 1",
+    ]
+    lines += [f"export {key}={quote(value)}" for key, value in spec.env.items()]
+    lines += list(spec.setup_lines)
+    lines += [
+        f"bash {quote(spec.payload)} &",
+        "hpc_child=$!",
+        'wait "$hpc_child"',
+        "exit $?",
+    ]
+    return lines
+
+
+def submit_wrapper(job_dir: str, submit: str) -> str:
+    """Run ``submit`` in ``job_dir``, keeping its stdout in ``submit.out``, printing it, keeping its rc.
+
+    stdout goes to the file first, so the job id is persisted even when the SSH session dies before
+    the gateway reads it.
+    """
+    return f"cd {quote(job_dir)} && ({submit} > submit.out; rc=$?; cat submit.out; exit $rc)"
+
+
+RC_MARK = "@@hpc-rc="
+
+
+def with_rc_marks(*commands: str) -> str:
+    """Join commands so that each one's exit code is printed after its output."""
+    return "; ".join(f'{c}; echo "{RC_MARK}$?"' for c in commands)
+
+
+def split_rc_sections(stdout: str, count: int) -> list[tuple[int, list[str]]]:
+    """Split output of :func:`with_rc_marks` into ``count`` ``(exit_code, lines)`` sections."""
+    sections: list[tuple[int, list[str]]] = []
+    lines: list[str] = []
+    for line in stdout.splitlines():
+        if line.startswith(RC_MARK):
+            try:
+                sections.append((int(line[len(RC_MARK) :].strip()), lines))
+            except ValueError:
+                raise SchedulerParseError(f"bad exit code mark {line!r}") from None
+            lines = []
+        else:
+            lines.append(line)
+    if len(sections) != count:
+        raise SchedulerParseError(f"expected {count} command outputs, found {len(sections)} (output cut?)")
+    return sections
+
+
+def message_of(stdout: str, stderr: str, limit: int = 2000) -> str:
+    """The scheduler's own error text: stderr, else stdout, trimmed."""
+    text = (stderr or "").strip() or (stdout or "").strip() or "no output"
+    return text[:limit]
+
+
+def signal_exit(signal: int) -> int:
+    """Shell convention for a process ended by ``signal``."""
+    return 128 + signal
+
+
+def none_if_unset(value: str | None) -> str | None:
+    """Map the placeholders schedulers print for an unset time or reason to None."""
+    if value is None:
+        return None
+    value = value.strip()
+    return None if value in ("", "N/A", "NONE", "None", "Unknown", "(null)", "--") else value

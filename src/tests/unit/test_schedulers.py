@@ -1,0 +1,600 @@
+"""Contract suite run against every scheduler adapter, plus every captured fixture parsed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpc.schedulers import (
+    JobSpec,
+    JobState,
+    Resources,
+    SchedulerCommandError,
+    SchedulerParseError,
+    get_scheduler,
+)
+from hpc.schedulers.pbs import PbsScheduler
+from hpc.schedulers.slurm import SlurmScheduler
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
+NAMES = ["slurm", "pbs"]
+OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS "}
+HOSTILE = ["it's", '"dq"', "$(touch /tmp/x)", "`id`", "a\nEOF\nb", ";rm -rf ~", "%x %j", "#not a comment"]
+
+
+def fixture(sched: str, case: str) -> dict:
+    return json.loads((FIXTURES / sched / f"{case}.json").read_text())
+
+
+def all_fixtures() -> list[tuple[str, str]]:
+    return sorted((p.parent.name, p.stem) for p in FIXTURES.glob("*/*.json"))
+
+
+def parse(sched: str, case: str):
+    fx = fixture(sched, case)
+    return get_scheduler(sched), fx, (fx["exit_code"], fx["stdout"], fx["stderr"])
+
+
+def bash_syntax_ok(text: str) -> bool:
+    return subprocess.run(["bash", "-n"], input=text.encode(), capture_output=True, check=False).returncode == 0
+
+
+def spec(**kwargs) -> JobSpec:
+    base = dict(name="demo", job_dir="/home/u/jobs/j1", payload="/home/u/jobs/j1/payload.sh")
+    base.update(kwargs)
+    return JobSpec(**base)
+
+
+@pytest.fixture(params=NAMES)
+def sched(request):
+    return get_scheduler(request.param)
+
+
+# --- contract: every adapter -------------------------------------------------------------------------
+
+
+def test_get_scheduler_names():
+    assert isinstance(get_scheduler("slurm"), SlurmScheduler)
+    assert isinstance(get_scheduler("pbs"), PbsScheduler)
+    with pytest.raises(ValueError):
+        get_scheduler("lsf")
+
+
+def test_script_uses_only_own_directives(sched):
+    script = sched.render_script(spec(resources=Resources(nodes=1, tasks=2, walltime_s=90, partition="debug")))
+    lines = script.splitlines()
+    other = OWN_PREFIX["pbs" if sched.name == "slurm" else "slurm"]
+    assert lines[0] == "#!/bin/bash"
+    assert any(line.startswith(OWN_PREFIX[sched.name]) for line in lines)
+    assert [line for line in lines if line.startswith(other)] == []
+    assert bash_syntax_ok(script) is True
+
+
+def test_directives_come_before_the_first_command(sched):
+    # sbatch and qsub stop reading directives at the first non-comment line.
+    lines = sched.render_script(spec()).splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    last_directive = max(i for i, line in enumerate(lines) if line.startswith(OWN_PREFIX[sched.name]))
+    assert last_directive < first_command
+
+
+def test_script_body_protocol(sched):
+    script = sched.render_script(spec(env={"A": "1", "B_2": "x y"}, setup_lines=["module load x", "ulimit -s 1"]))
+    lines = script.splitlines()
+    payload_line = lines.index("bash /home/u/jobs/j1/payload.sh &")
+    assert lines.index("module load x") < lines.index("ulimit -s 1") < payload_line
+    assert lines.index("export A=1") < payload_line
+    assert "export B_2='x y'" in lines
+    assert "hpc_job_dir=/home/u/jobs/j1" in lines
+    assert "trap hpc_on_term TERM" in lines
+    assert 'wait "$hpc_child"' in lines
+    assert "cd /home/u/jobs/j1 || exit 1" in lines
+
+
+def test_workdir_defaults_to_job_dir_and_can_be_set(sched):
+    assert "cd /scratch/w || exit 1" in sched.render_script(spec(workdir="/scratch/w")).splitlines()
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_env_values_are_one_shell_word(sched, value):
+    script = sched.render_script(spec(env={"V": value}))
+    assert bash_syntax_ok(script) is True
+    body = script[script.index("export V=") :]
+    line = body[: body.index("\nbash ")]
+    assert shlex.split(line.removeprefix("export ")) == [f"V={value}"]
+
+
+@pytest.mark.parametrize("bad", ["1A", "A-B", "A B", "A=B", "", "$(x)", "A\nB"])
+def test_env_names_are_validated(bad):
+    with pytest.raises(ValueError):
+        spec(env={bad: "v"})
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("my job $(touch /tmp/x)", "myjobtouchtmpx"),
+        ("-rf", "rf"),
+        ("..x", "x"),
+        ("`id`;\nEOF", "idEOF"),
+        ("", "job"),
+        ("$$$", "job"),
+        ("a" * 100, "a" * 64),
+        ("ok.name_1-2", "ok.name_1-2"),
+    ],
+)
+def test_job_name_is_sanitized(sched, name, expected):
+    lines = sched.render_script(spec(name=name)).splitlines()
+    assert (f"#SBATCH --job-name={expected}" in lines) or (f"#PBS -N {expected}" in lines)
+
+
+def test_submit_command_keeps_id_in_submit_out(sched):
+    command, stdin = sched.submit_command(spec(), "/home/u/jobs/j1/job.sh")
+    assert command.startswith("cd /home/u/jobs/j1 && (")
+    assert "> submit.out; rc=$?; cat submit.out; exit $rc)" in command
+    assert bash_syntax_ok(command) is True
+    if sched.name == "slurm":
+        assert stdin == sched.render_script(spec()).encode()
+    else:
+        assert stdin is None
+        assert command.endswith("/home/u/jobs/j1/job.sh > submit.out; rc=$?; cat submit.out; exit $rc)")
+
+
+def test_status_command_is_one_command_for_many_ids(sched):
+    command = sched.status_command(["1", "2", "3"])
+    expected = {
+        "slurm": [
+            "squeue",
+            "-h",
+            "-t",
+            "all",
+            "-j",
+            "1,2,3",
+            "-O",
+            "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
+        ],
+        "pbs": ["qstat", "-f", "1", "2", "3"],
+    }
+    assert shlex.split(command) == expected[sched.name]
+    assert bash_syntax_ok(command) is True
+
+
+@pytest.mark.parametrize("bad", ["1;rm -rf ~", "$(id)", "1 2", "", "-1", "1,2"])
+def test_ids_are_validated(sched, bad):
+    with pytest.raises(ValueError):
+        sched.status_command([bad])
+    with pytest.raises(ValueError):
+        sched.cancel_command(["1", bad])
+
+
+def test_no_ids_is_an_error(sched):
+    with pytest.raises(ValueError):
+        sched.status_command([])
+
+
+def test_cancel_command(sched):
+    command = sched.cancel_command(["4", "5"])
+    assert shlex.split(command) == [{"slurm": "scancel", "pbs": "qdel"}[sched.name], "4", "5"]
+
+
+def test_telemetry_command_is_valid_shell(sched):
+    assert bash_syntax_ok(sched.telemetry_command()) is True
+
+
+@pytest.mark.parametrize("stdout", ["", "garbage\n", "@@hpc-rc=0\n"])
+def test_telemetry_without_all_sections_is_a_parse_error(sched, stdout):
+    with pytest.raises(SchedulerParseError):
+        sched.parse_telemetry(0, stdout, "")
+
+
+def test_submit_refusal_carries_scheduler_message(sched):
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_submit(1, "", "something went wrong\n")
+    assert err.value.message == "something went wrong"
+
+
+def test_submit_without_id_is_refused(sched):
+    with pytest.raises(SchedulerCommandError):
+        sched.parse_submit(0, "Submitted nothing\n", "")
+
+
+def test_submit_marker_file_reconciles_with_parse_submit(sched):
+    # A gateway that crashed after submitting re-reads submit.out and parses it with rc 0.
+    content = fixture(sched.name, "submit_ok")["stdout"]
+    assert sched.parse_submit(0, content, "") == content.strip()
+
+
+# --- every fixture -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sched_name", "case"), all_fixtures())
+def test_fixture_is_well_formed(sched_name, case):
+    fx = fixture(sched_name, case)
+    assert sorted(k for k in fx if k in ("command", "stdout", "stderr", "exit_code", "captured")) == [
+        "captured",
+        "command",
+        "exit_code",
+        "stderr",
+        "stdout",
+    ]
+    assert fx["captured"].startswith(("testbed ", "documented: "))
+    assert isinstance(fx["exit_code"], int)
+
+
+@pytest.mark.parametrize(("sched_name", "case"), [f for f in all_fixtures() if f[1].startswith("status_")])
+def test_every_status_fixture_parses_or_is_unusable(sched_name, case):
+    sched, fx, result = parse(sched_name, case)
+    if "controller_down" in case:
+        with pytest.raises(SchedulerParseError):
+            sched.parse_status(*result, fx["ids"])
+    else:
+        found = sched.parse_status(*result, fx["ids"])
+        assert set(found) <= set(fx["ids"])
+        assert all(status.scheduler_id == job_id for job_id, status in found.items())
+
+
+@pytest.mark.parametrize(("sched_name", "case"), [f for f in all_fixtures() if f[1].startswith("telemetry_")])
+def test_every_telemetry_fixture_parses_or_is_unusable(sched_name, case):
+    sched, fx, result = parse(sched_name, case)
+    if "controller_down" in case:
+        with pytest.raises(SchedulerParseError):
+            sched.parse_telemetry(*result)
+        return
+    parts = sched.parse_telemetry(*result)
+    assert parts != []
+    for p in parts:
+        assert 0 <= p.avail_nodes <= p.total_nodes
+        assert 0 <= p.avail_cpus <= p.total_cpus
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case", "expected"),
+    [
+        ("slurm", "status_queued", {"ok": JobState.QUEUED, "fail3": JobState.QUEUED}),
+        ("slurm", "status_running", {"timeout": JobState.RUNNING}),
+        ("slurm", "status_running_2", {"cancel": JobState.RUNNING}),
+        ("slurm", "status_cancelled_queued", {"cancelq": JobState.CANCELLED}),
+        ("slurm", "status_cancelled_running", {"cancel": JobState.CANCELLED}),
+        ("slurm", "status_timeout", {"timeout": JobState.TIMEOUT}),
+        ("slurm", "status_completed", {"ok": JobState.COMPLETED}),
+        ("slurm", "status_failed", {"fail3": JobState.FAILED}),
+        (
+            "slurm",
+            "status_mixed_unknown",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "timeout": JobState.TIMEOUT,
+                "cancel": JobState.CANCELLED,
+            },
+        ),
+        ("slurm", "status_single_unknown", {}),
+        # The Torque wrapper prints every ended job as "C" without an exit status: reported absent.
+        ("pbs", "status_queued", {"ok": JobState.QUEUED, "fail3": JobState.QUEUED}),
+        ("pbs", "status_running", {"timeout": JobState.RUNNING}),
+        ("pbs", "status_running_2", {"cancel": JobState.RUNNING}),
+        ("pbs", "status_cancelled_queued", {}),
+        ("pbs", "status_cancelled_running", {}),
+        ("pbs", "status_timeout", {}),
+        ("pbs", "status_completed", {}),
+        ("pbs", "status_failed", {}),
+        ("pbs", "status_mixed_unknown", {}),
+        ("pbs", "status_single_unknown", {}),
+        (
+            "pbs",
+            "status_pbspro_history",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "walltime": JobState.TIMEOUT,
+                "killed": JobState.CANCELLED,
+                "queued": JobState.QUEUED,
+                "running": JobState.RUNNING,
+                "held": JobState.QUEUED,
+                "moved": JobState.UNKNOWN,
+                "mem": JobState.FAILED,
+            },
+        ),
+        (
+            "pbs",
+            "status_pbspro_json",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "walltime": JobState.TIMEOUT,
+                "killed": JobState.CANCELLED,
+                "queued": JobState.QUEUED,
+                "running": JobState.RUNNING,
+            },
+        ),
+        (
+            "pbs",
+            "status_torque_completed",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "walltime": JobState.TIMEOUT,
+                "killed": JobState.FAILED,
+                "exiting": JobState.RUNNING,
+                "waiting": JobState.QUEUED,
+            },
+        ),
+    ],
+)
+def test_status_fixture_states(sched_name, case, expected):
+    sched, fx, result = parse(sched_name, case)
+    found = sched.parse_status(*result, fx["ids"])
+    assert {role: found[job_id].state for role, job_id in fx["roles"].items() if job_id in found} == expected
+    assert "999999" not in found
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case", "role", "exit_code"),
+    [
+        ("slurm", "status_completed", "ok", 0),
+        ("slurm", "status_failed", "fail3", 3),
+        ("slurm", "status_timeout", "timeout", 143),
+        ("slurm", "status_cancelled_running", "cancel", 143),
+        ("slurm", "status_cancelled_queued", "cancelq", None),
+        ("pbs", "status_pbspro_history", "ok", 0),
+        ("pbs", "status_pbspro_history", "fail3", 3),
+        ("pbs", "status_pbspro_history", "walltime", -29),
+        ("pbs", "status_pbspro_history", "killed", 143),
+        ("pbs", "status_pbspro_json", "fail3", 3),
+        ("pbs", "status_torque_completed", "walltime", -11),
+        ("pbs", "status_torque_completed", "killed", 137),
+    ],
+)
+def test_status_fixture_exit_codes(sched_name, case, role, exit_code):
+    sched, fx, result = parse(sched_name, case)
+    assert sched.parse_status(*result, fx["ids"])[fx["roles"][role]].exit_code == exit_code
+
+
+def test_slurm_status_fields():
+    sched, fx, result = parse("slurm", "status_failed")
+    status = sched.parse_status(*result, fx["ids"])[fx["roles"]["fail3"]]
+    assert (status.native_state, status.reason) == ("FAILED", "NonZeroExitCode")
+    assert status.start_time is not None
+    assert status.end_time is not None
+
+
+def test_slurm_queued_job_has_no_exit_code_nor_start_time():
+    sched, fx, result = parse("slurm", "status_queued")
+    status = sched.parse_status(*result, fx["ids"])[fx["roles"]["ok"]]
+    assert (status.native_state, status.exit_code, status.start_time, status.end_time) == ("PENDING", None, None, None)
+    assert status.reason == "Resources"
+
+
+def test_pbspro_times_and_reason():
+    sched, fx, result = parse("pbs", "status_pbspro_history")
+    found = sched.parse_status(*result, fx["ids"])
+    ok, wall = found[fx["roles"]["ok"]], found[fx["roles"]["walltime"]]
+    assert (ok.start_time, ok.end_time) == ("Wed Nov 25 02:25:01 2026", "Wed Nov 25 02:25:02 2026")
+    assert wall.reason == "exit status -29"
+
+
+def test_pbs_id_with_longer_server_suffix_maps_back():
+    sched = PbsScheduler()
+    found = sched.parse_status(0, "Job Id: 42.srv.example.org\n    job_state = R\n", "", ["42.srv"])
+    assert found["42.srv"].state is JobState.RUNNING
+
+
+def test_unknown_native_state_is_kept_and_logged_not_raised(caplog):
+    sched = SlurmScheduler()
+    out = "1|WIBBLE|0|N/A|N/A|None|\n2|RUNNING|0|2026-11-25T02:00:00|NONE|None|\n"
+    with caplog.at_level(logging.WARNING):
+        found = sched.parse_status(0, out, "", ["1", "2"])
+    assert (found["1"].state, found["1"].native_state) == (JobState.UNKNOWN, "WIBBLE")
+    assert found["2"].state is JobState.RUNNING
+    assert "WIBBLE" in caplog.text
+
+
+def test_pbs_unknown_state_and_odd_exit_status_do_not_abort(caplog):
+    out = (
+        "Job Id:\t1\n\tjob_state = U\n\n"
+        "Job Id:\t2\n\tjob_state = F\n\tExit_status = weird\n\n"
+        "Job Id:\t3\n\tjob_state = R\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        found = PbsScheduler().parse_status(0, out, "", ["1", "2", "3"])
+    assert {k: v.state for k, v in found.items()} == {"1": JobState.UNKNOWN, "3": JobState.RUNNING}
+    assert "weird" in caplog.text
+
+
+def test_slurm_odd_line_is_skipped(caplog):
+    out = "garbage line\n2|RUNNING|0|2026-11-25T02:00:00|NONE|None|\n"
+    found = SlurmScheduler().parse_status(0, out, "", ["2"])
+    assert list(found) == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "stdout"),
+    [("slurm", "this is not squeue output\n"), ("pbs", "this is not qstat output\n"), ("pbs", '{"Jobs": 3')],
+)
+def test_unusable_status_output_raises(sched_name, stdout):
+    with pytest.raises(SchedulerParseError):
+        get_scheduler(sched_name).parse_status(0, stdout, "", ["1"])
+
+
+def test_slurm_reason_with_commas_and_colons():
+    out = "5|PENDING|0|N/A|N/A|ReqNodeNotAvail, UnavailableNodes:localhost|\n"
+    assert SlurmScheduler().parse_status(0, out, "", ["5"])["5"].reason == "ReqNodeNotAvail, UnavailableNodes:localhost"
+
+
+# --- submit fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case", "job_id"),
+    [("pbs", "submit_pbspro_ok", "123.pbsserver")],
+)
+def test_submit_documented_ids(sched_name, case, job_id):
+    sched, _, result = parse(sched_name, case)
+    assert sched.parse_submit(*result) == job_id
+
+
+@pytest.mark.parametrize("sched_name", NAMES)
+def test_submit_ok_fixture(sched_name):
+    sched, fx, result = parse(sched_name, "submit_ok")
+    assert sched.parse_submit(*result) == fx["stdout"].strip()
+    assert sched.parse_submit(*result).isdigit() is True
+
+
+def test_slurm_parsable_with_cluster_suffix():
+    assert SlurmScheduler().parse_submit(0, "123;cluster1\n", "") == "123"
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case", "message"),
+    [
+        (
+            "slurm",
+            "submit_bad_partition",
+            "sbatch: error: invalid partition specified: nosuch\n"
+            "sbatch: error: Batch job submission failed: Invalid partition name specified",
+        ),
+        (
+            "slurm",
+            "submit_over_limit",
+            "sbatch: error: Batch job submission failed: More processors requested than permitted",
+        ),
+        (
+            "slurm",
+            "submit_controller_down",
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+        ),
+        (
+            "pbs",
+            "submit_bad_partition",
+            "sbatch: error: invalid partition specified: nosuch\n"
+            "sbatch: error: Batch job submission failed: Invalid partition name specified",
+        ),
+        (
+            "pbs",
+            "submit_over_limit",
+            "sbatch: error: Batch job submission failed: More processors requested than permitted",
+        ),
+        ("pbs", "submit_pbspro_bad_queue", "qsub: Unknown queue"),
+    ],
+)
+def test_submit_refusals(sched_name, case, message):
+    sched, _, result = parse(sched_name, case)
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_submit(*result)
+    assert err.value.message == message
+
+
+def test_slurm_hostile_partition_reaches_sbatch_verbatim():
+    # Captured: sbatch's #SBATCH tokenizer undoes quote() exactly, so the partition comes back unchanged.
+    sched, _, result = parse("slurm", "submit_hostile_partition")
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_submit(*result)
+    assert (
+        err.value.message.splitlines()[0] == 'sbatch: error: invalid partition specified: it\'s x#y "z" $(id) `id`;rm'
+    )
+
+
+# --- cancel fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case"),
+    [(s, c) for s in NAMES for c in ("cancel_running", "cancel_queued", "cancel_unknown", "cancel_finished")]
+    + [("pbs", "cancel_pbspro_unknown")],
+)
+def test_cancel_fixtures_are_not_errors(sched_name, case):
+    sched, _, result = parse(sched_name, case)
+    assert sched.parse_cancel(*result) is None
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "stderr", "stdout"),
+    [
+        ("slurm", "scancel: error: Unable to contact slurm controller (connect failure)\n", ""),
+        ("pbs", "", "qdel: Kill job error on job id 5: Access/permission denied\n"),
+        ("pbs", "qdel: Unauthorized Request  5.server\n", ""),
+    ],
+)
+def test_cancel_real_errors(sched_name, stderr, stdout):
+    with pytest.raises(SchedulerCommandError) as err:
+        get_scheduler(sched_name).parse_cancel(1, stdout, stderr)
+    assert err.value.message == (stderr or stdout).strip()
+
+
+def test_slurm_verbose_gone_message_is_not_an_error():
+    SlurmScheduler().parse_cancel(1, "", "scancel: error: Kill job error on job id 9999: Invalid job id specified\n")
+
+
+# --- telemetry fixtures ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["telemetry_busy", "telemetry_after"])
+def test_slurm_telemetry_captured(case):
+    sched, fx, result = parse("slurm", case)
+    (debug,) = sched.parse_telemetry(*result)
+    assert (debug.name, debug.total_nodes, debug.total_cpus) == ("debug", 1, 2)
+    assert (debug.running_jobs, debug.queued_jobs) == (fx["stdout"].count("|RUNNING"), fx["stdout"].count("|PENDING"))
+
+
+@pytest.mark.parametrize("case", ["telemetry_busy", "telemetry_after"])
+def test_pbs_telemetry_captured(case):
+    sched, fx, result = parse("pbs", case)
+    (debug,) = sched.parse_telemetry(*result)
+    assert (debug.name, debug.total_nodes, debug.total_cpus) == ("debug", 1, 2)
+    assert (debug.running_jobs, debug.queued_jobs) == (fx["stdout"].count(" R debug"), fx["stdout"].count(" Q debug"))
+    free = "state = free" in fx["stdout"]
+    assert (debug.avail_nodes, debug.avail_cpus) == ((1, 2) if free else (0, 0))
+
+
+def test_slurm_telemetry_busy_values():
+    sched, _, result = parse("slurm", "telemetry_busy")
+    (debug,) = sched.parse_telemetry(*result)
+    assert (debug.avail_nodes, debug.avail_cpus) == (0, 0)
+    assert debug.running_jobs >= 2
+    assert debug.queued_jobs >= 1
+
+
+def test_slurm_telemetry_sums_lines_and_ignores_down_partitions():
+    out = (
+        "debug|up|1/1/0/2|3/5/0/8\nlong|down|0/4/0/4|0/16/0/16\ndebug|up|0/1/1/2|0/4/4/8\n@@hpc-rc=0\n"
+        "debug|RUNNING\ndebug,long|PENDING\nlong|PENDING\nother|RUNNING\n@@hpc-rc=0\n"
+    )
+    parts = {p.name: p for p in SlurmScheduler().parse_telemetry(0, out, "")}
+    assert vars(parts["debug"]) == dict(
+        name="debug", total_nodes=4, avail_nodes=2, total_cpus=16, avail_cpus=9, running_jobs=1, queued_jobs=1
+    )
+    assert vars(parts["long"]) == dict(
+        name="long", total_nodes=4, avail_nodes=0, total_cpus=16, avail_cpus=0, running_jobs=0, queued_jobs=2
+    )
+
+
+def test_pbspro_telemetry_documented():
+    sched, _, result = parse("pbs", "telemetry_pbspro")
+    parts = {p.name: vars(p) for p in sched.parse_telemetry(*result)}
+    assert parts == {
+        "workq": dict(
+            name="workq", total_nodes=3, avail_nodes=1, total_cpus=24, avail_cpus=7, running_jobs=1, queued_jobs=2
+        ),
+        "gpuq": dict(
+            name="gpuq", total_nodes=4, avail_nodes=2, total_cpus=40, avail_cpus=23, running_jobs=0, queued_jobs=0
+        ),
+    }
+
+
+def test_torque_jobs_attribute_counts_used_cores():
+    out = (
+        "n1\n     state = free\n     np = 8\n     jobs = 0-1/12.srv,3/13.srv\n\n@@hpc-rc=0\n"
+        "Queue Max\n----- ---\nbatch 0\n@@hpc-rc=0\n@@hpc-rc=153\n"
+    )
+    (batch,) = PbsScheduler().parse_telemetry(0, out, "")
+    assert (batch.total_cpus, batch.avail_cpus, batch.running_jobs) == (8, 5, 0)
+
+
+def test_pbs_telemetry_failed_part_is_unusable():
+    with pytest.raises(SchedulerParseError):
+        PbsScheduler().parse_telemetry(0, "@@hpc-rc=1\n@@hpc-rc=0\n@@hpc-rc=0\n", "pbsnodes: cannot connect\n")
