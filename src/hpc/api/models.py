@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, Field, RootModel
@@ -33,6 +34,12 @@ class Health(BaseModel):
     version: str
     auth: bool | None = Field(None, description='Whether bearer tokens are required.')
     database: str | None = Field(None, description='The database dialect in use.')
+
+
+class Stats(BaseModel):
+    instance: str = Field(..., description="This replica's name in work leases.")
+    ssh: dict[str, dict[str, Any]]
+    jobs: dict[str, dict[str, int]]
 
 
 class ServiceName(Enum):
@@ -106,43 +113,13 @@ class InfrastructureTelemetry(BaseModel):
     collected_at: AwareDatetime | None = None
 
 
-class Kalman(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
-class Fft(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
-class MinMax(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
-class SavitzkyGolay(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
-class BlackScholes(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
-class Wavelet(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
 class FilterFlags(BaseModel):
-    kalman: Kalman | None = 0
-    fft: Fft | None = 0
-    min_max: MinMax | None = 0
-    savitzky_golay: SavitzkyGolay | None = 0
-    black_scholes: BlackScholes | None = 0
-    wavelet: Wavelet | None = 0
+    kalman: int | None = Field(0, ge=0, le=1)
+    fft: int | None = Field(0, ge=0, le=1)
+    min_max: int | None = Field(0, ge=0, le=1)
+    savitzky_golay: int | None = Field(0, ge=0, le=1)
+    black_scholes: int | None = Field(0, ge=0, le=1)
+    wavelet: int | None = Field(0, ge=0, le=1)
 
 
 class KalmanParams(BaseModel):
@@ -163,16 +140,11 @@ class KnnParams(BaseModel):
     k_nearest_neighbor: int | None = Field(7, ge=1, le=100000)
 
 
-class CsvOutput(Enum):
-    integer_0 = 0
-    integer_1 = 1
-
-
 class JobRequestParams(BaseModel):
     icase: int | None = Field(-1, ge=-1, le=3)
     ideko_kernel: int | None = 1
     inbestme_kernel: int | None = 0
-    csv_output: CsvOutput | None = 1
+    csv_output: int | None = Field(1, ge=0, le=1)
     filter: FilterFlags | None = None
     kalman: KalmanParams | None = None
     fft: EmptyParams | None = None

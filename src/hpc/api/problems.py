@@ -28,6 +28,7 @@ TABLE: dict[type[errors.DomainError], tuple[int, str]] = {
     errors.ClusterTimeout: (504, "Cluster Timeout"),
 }
 
+_DETAIL_LIMIT = 500
 _PATH_SUFFIX = re.compile(r" - '([^']*)'$")
 _REQUIRED = re.compile(r"^'([^']+)' is a required property")
 
@@ -57,6 +58,9 @@ def bad_request(_request: ConnexionRequest, exc: BadRequestProblem) -> Connexion
     required = _REQUIRED.match(detail)
     if required:
         field = f"{field}.{required.group(1)}" if field else required.group(1)
+    if len(detail) > _DETAIL_LIMIT:
+        # jsonschema quotes the offending value: a megabyte of script must not come back in the answer.
+        detail = detail[:_DETAIL_LIMIT] + "... (cut)" + (f" - '{field}'" if field else "")
     return problem(400, "Bad Request", detail, field)
 
 

@@ -20,6 +20,8 @@ def configure_logging(level: str) -> None:
     )
     # paramiko logs every channel open at INFO; its own debug output could include banners, not secrets.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Connexion logs every parameter check at DEBUG: noise that drowns the gateway's own debug lines.
+    logging.getLogger("connexion").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
+
+import pydantic
 
 from hpc.api import models
+from hpc.errors import InvalidInput
 from hpc.security import fingerprint
 from hpc.store.tables import utcnow
 
 
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def parse(model: type[M], body: Any) -> M:
+    """A request body as its generated model; what JSON Schema let through but pydantic refuses is a 400."""
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        raise InvalidInput(f"{field}: {error['msg']}", field or None) from None
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """An ISO 8601 query parameter as an aware datetime."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{field} must be an ISO 8601 date-time", field) from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{field} needs a time zone (for example 2026-01-01T00:00:00Z)", field)
+    return parsed
+
+
 def _dump(model) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 def infrastructure_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -49,3 +79,35 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 def reply(body: Any, status: int = 200) -> tuple[Any, int, dict[str, str]]:
     """A handler's answer. The content type is explicit: each operation also declares problem+json."""
     return body, status, JSON_HEADERS
+
+
+def job_status(row: dict[str, Any]) -> dict[str, Any]:
+    from hpc.services.jobs import status_code
+
+    spec = row["spec"] or {}
+    return _dump(
+        models.JobStatus(
+            id=row["id"],
+            scheduler_id=row["scheduler_id"] or "",
+            infrastructure=row["infrastructure"],
+            status=status_code(row["state"]),
+            state=row["state"],
+            native_state=row["native_state"],
+            reason=row["reason"],
+            exit_code=row["exit_code"],
+            name=row["name"],
+            kind=row["kind"],
+            services=spec.get("services"),
+            watch_period=row["watch_period"],
+            cancel_requested=row["cancel_requested"],
+            created_at=row["created_at"],
+            submitted_at=row["submitted_at"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            updated_at=row["updated_at"],
+        )
+    )
+
+
+def page(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
+    return {"items": items, "total": total, "limit": limit, "offset": offset}

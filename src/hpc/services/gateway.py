@@ -8,6 +8,8 @@ import threading
 from hpc.config import Config
 from hpc.security import SecretBox
 from hpc.services.infrastructures import InfrastructureService
+from hpc.services.jobs import JobService
+from hpc.services.transfers import TransferService
 from hpc.ssh import SSHPool
 from hpc.store import Store, open_store
 
@@ -26,8 +28,9 @@ class Gateway:
         self.secrets = SecretBox.from_config(config.encryption_key, config.resolved_encryption_key_file)
         self.pool = SSHPool()
         self.infrastructures = InfrastructureService(config, self.store, self.secrets, self.pool, self.active_work)
+        self.jobs = JobService(config, self.store, self.infrastructures)
+        self.transfers = TransferService(config, self.store, self.secrets, self.infrastructures)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
     def active_work(self, infrastructure: str) -> tuple[int, int]:
         """Counts of unfinished jobs and transfers on an infrastructure."""
@@ -41,10 +44,12 @@ class Gateway:
         if not self.config.background:
             log.info("background work disabled: this process only serves the API")
             return
+        self.jobs.start(self._stop)
+        self.transfers.start(self._stop)
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        self.jobs.join(timeout=10)
+        self.transfers.join(timeout=10)
         self.pool.close_all()
         self.store.close()

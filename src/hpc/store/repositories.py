@@ -120,6 +120,30 @@ class JobRepository(_Repository):
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(c.infrastructure).where(c.state.not_in(list(terminal))).distinct()).scalars())
 
+    def claim_submissions(self, owner: str, ttl: float, limit: int) -> list[dict[str, Any]]:
+        """Claims jobs waiting to be submitted that nobody holds (or whose holder's lease ran out)."""
+        c = self.table.c
+        now = utcnow()
+        with self.engine.connect() as conn:
+            candidates = conn.execute(
+                sa.select(c.id)
+                .where(c.state == "submitting", sa.or_(c.next_poll_at.is_(None), c.next_poll_at <= now),
+                       sa.or_(c.lease_owner.is_(None), c.lease_owner == owner, c.lease_until < now))
+                .order_by(c.created_at)
+                .limit(limit)
+            ).scalars().all()
+        claimed = []
+        for job_id in candidates:
+            taken = self.update(
+                job_id,
+                [c.state == "submitting", sa.or_(c.lease_owner.is_(None), c.lease_owner == owner, c.lease_until < now)],
+                lease_owner=owner,
+                lease_until=now + timedelta(seconds=ttl),
+            )
+            if taken:
+                claimed.append(self.get(job_id))
+        return claimed
+
     def page(
         self,
         *,

@@ -77,6 +77,7 @@ jobs = sa.Table(
     sa.Column("job_dir", sa.Text),
     sa.Column("watch_period", sa.Float, nullable=False),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("cancel_sent_at", UTCDateTime),  # when the scheduler was asked to cancel
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("submitted_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
@@ -85,7 +86,9 @@ jobs = sa.Table(
     sa.Column("next_poll_at", UTCDateTime),
     sa.Column("lease_owner", sa.String(255)),
     sa.Column("lease_until", UTCDateTime),
-    sa.Column("poll_failures", sa.Integer, nullable=False, default=0),
+    sa.Column("poll_failures", sa.Integer, nullable=False, default=0),  # consecutive, reset on success
+    sa.Column("missing_polls", sa.Integer, nullable=False, default=0),  # gone from queue, no exit code yet
+    sa.Column("submit_attempts", sa.Integer, nullable=False, default=0),
 )
 
 transfers = sa.Table(

@@ -7,7 +7,7 @@ from hpc.api.models import Infrastructure
 
 
 def create_infrastructure(body):
-    row = gateway().infrastructures.register(Infrastructure.model_validate(body), caller())
+    row = gateway().infrastructures.register(views.parse(Infrastructure, body), caller())
     return views.reply(views.infrastructure_summary(row), 201)
 
 

@@ -1,11 +1,29 @@
-"""TEMPORARY"""
-def list_jobs(*a, **k):
-    return {'title': 'not yet'}, 501
-def create_job(*a, **k):
-    return {'title': 'not yet'}, 501
-def get_job(*a, **k):
-    return {'title': 'not yet'}, 501
-def cancel_job(*a, **k):
-    return {'title': 'not yet'}, 501
-def get_job_output(*a, **k):
-    return {'title': 'not yet'}, 501
+"""/job operations."""
+
+from hpc.api import views
+from hpc.api.auth import caller
+from hpc.api.context import gateway
+from hpc.api.models import JobRequest
+
+
+def create_job(body):
+    row = gateway().jobs.create(views.parse(JobRequest, body), caller())
+    return views.reply(views.job_status(row), 201)
+
+
+def get_job(job_id):
+    return views.reply(views.job_status(gateway().jobs.get(job_id, caller())))
+
+
+def list_jobs(infrastructure=None, state=None, since=None, limit=100, offset=0):
+    rows, total = gateway().jobs.list(caller(), infrastructure=infrastructure, state=state,
+                                      since=views.parse_time(since, "since"), limit=limit, offset=offset)
+    return views.reply(views.page([views.job_status(row) for row in rows], total, limit, offset))
+
+
+def cancel_job(job_id):
+    return views.reply(views.job_status(gateway().jobs.cancel(job_id, caller())), 202)
+
+
+def get_job_output(job_id, stream="stdout", offset=0, length=65536):
+    return views.reply(gateway().jobs.output(job_id, caller(), stream, offset, length))

@@ -1,0 +1,90 @@
+"""Batched tracking, restarts and cluster faults, on the live testbed."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_jobs_api import submit, wait_job
+
+pytestmark = [pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def stats(gateway, infra: str) -> dict:
+    return gateway.get("/stats", token="admin").json()["jobs"].get(infra, {})
+
+
+@pytest.mark.slow
+def test_200_jobs_cost_one_status_command_per_period(registered):
+    with ThreadPoolExecutor(16) as pool:
+        jobs = list(pool.map(
+            lambda i: submit(registered, "tb-slurm", name=f"many-{i}", script="sleep 600\n", watch_period=2),
+            range(200),
+        ))
+    deadline = time.monotonic() + 300
+    while registered.get("/job", params={"state": "submitting"}, token="admin").json()["total"]:
+        assert time.monotonic() < deadline, "submissions did not finish"
+        time.sleep(1)
+    before = stats(registered, "tb-slurm").get("status", 0)
+    connections_before = registered.get("/stats", token="admin").json()["ssh"]["tb-slurm"]["connections_opened"]
+    window = 12.0
+    time.sleep(window)
+    commands = stats(registered, "tb-slurm").get("status", 0) - before
+    # watch_period 2 s: about 6 polls in 12 s, each ONE command for all 200 jobs (not 200 commands).
+    assert 4 <= commands <= 8, commands
+    after = registered.get("/stats", token="admin").json()["ssh"]["tb-slurm"]["connections_opened"]
+    assert after == connections_before  # steady state opens no connection
+    states = {j["state"] for j in registered.get("/job", params={"limit": 1000}, token="admin").json()["items"]}
+    assert states <= {"queued", "running"}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda j: registered.delete(f"/job/{j['id']}", token="user"), jobs))
+    deadline = time.monotonic() + 120
+    while registered.get("/job", params={"state": "cancelled", "limit": 1}, token="admin").json()["total"] < 200:
+        assert time.monotonic() < deadline, "cancellations did not finish"
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_gateway_killed_while_jobs_run_each_ends_once(registered, testbed):
+    from tests.integration.test_jobs_api import ssh
+
+    tag = f"restart-{int(time.time())}"
+    jobs = [
+        submit(registered, infra, name=f"{tag}-{infra}-{code}", script=f"sleep 8\nexit {code}\n")
+        for infra in ("tb-slurm", "tb-pbs") for code in (0, 4)
+    ]
+    # Kill as soon as the jobs were accepted: some may still be mid-submission.
+    time.sleep(1.0)
+    registered.kill()
+    registered.start()
+    for job in jobs:
+        ended = wait_job(registered, job["id"], timeout=120)
+        expected_code = int(job["name"].rsplit("-", 1)[1])
+        assert ended["exit_code"] == expected_code, ended
+        assert ended["state"] == ("completed" if expected_code == 0 else "failed")
+    # Exactly one scheduler job per gateway job: no submission was made twice.
+    names = ssh(testbed, f"squeue -h -t all -o %j | grep -c {tag}").stdout.strip()
+    assert names == str(len(jobs))
+
+
+@pytest.mark.slow
+def test_slurmctld_down_keeps_state_and_tracking_resumes(registered):
+    job = submit(registered, "tb-slurm", script="sleep 25\n", name="survivor")
+    wait_job(registered, job["id"], until=lambda j: j["state"] == "running", timeout=60)
+    subprocess.run(["bash", str(REPO / "testbed" / "ctl.sh"), "stop", "slurmctld"], check=True)
+    try:
+        paused = wait_job(registered, job["id"], until=lambda j: "tracking paused" in (j["reason"] or ""),
+                          timeout=60)
+        assert paused["state"] == "running"
+        assert paused["status"] == "running"
+    finally:
+        subprocess.run(["bash", str(REPO / "testbed" / "ctl.sh"), "start", "slurmctld"], check=True)
+    ended = wait_job(registered, job["id"], timeout=120)
+    assert ended["state"] == "completed"
+    assert ended["exit_code"] == 0
