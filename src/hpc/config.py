@@ -12,6 +12,7 @@ in YAML as a list of ``{name, role, hash}``; in the environment as
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -63,6 +64,20 @@ class Config:
     background: bool = True  # run pollers and transfer workers in this process
     instance_id: str = ""  # names this replica in work leases; default host:pid
     log_level: str = "INFO"
+    fast_path: bool = True  # answer status GETs ahead of Connexion (hpc.api.fastpath)
+    # Data staging (transfers). Networks admitted as transfer sources and S3 endpoints although they
+    # are not public: loopback, private ranges (CIDRs, HPC_SOURCE_ALLOW_NETWORKS=127.0.0.1/32,10.0.0.0/8).
+    # Link-local and cloud metadata addresses are refused whatever this says.
+    source_allow_networks: tuple[str, ...] = ()
+    transfer_workers: int = 4  # transfers run at once by this process
+    transfer_retries: int = 5  # consecutive failed tries of a transfer leg before it fails
+    transfer_retry_delay: float = 1.0  # first backoff (seconds), doubled per consecutive failure
+    transfer_lease_seconds: float = 30.0  # a crashed replica's transfers are resumed after this
+    transfer_max_rate: int = 0  # bytes/s read from a source per transfer; 0 = unlimited
+    sftp_streams: int = 1  # SSH connections writing one big file in parallel (1: measured best on 2 cores)
+    sftp_parallel_threshold: int = 256 * 1024**2  # files from this size use sftp_streams
+    s3_part_size: int = 16 * 1024**2  # multipart part size (grown to stay under 10000 parts)
+    s3_concurrency: int = 4  # parts uploaded at once
 
     @property
     def resolved_database_url(self) -> str:
@@ -133,16 +148,36 @@ def _parse_tokens(value: Any) -> tuple[TokenEntry, ...]:
     return tuple(tokens)
 
 
+def _parse_networks(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    networks = []
+    for item in (str(i).strip() for i in items):
+        if item:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+    return tuple(networks)
+
+
 _CONVERTERS = {
     "listen_port": int,
     "staging_quota": parse_size,
     "trust_on_first_use": _parse_bool,
     "auth_enabled": _parse_bool,
     "background": _parse_bool,
+    "fast_path": _parse_bool,
     "tokens": _parse_tokens,
     "ssh_connect_timeout": float,
     "ssh_command_timeout": float,
     "min_watch_period": float,
+    "source_allow_networks": _parse_networks,
+    "transfer_workers": int,
+    "transfer_retries": int,
+    "transfer_retry_delay": float,
+    "transfer_lease_seconds": float,
+    "transfer_max_rate": parse_size,
+    "sftp_streams": int,
+    "sftp_parallel_threshold": parse_size,
+    "s3_part_size": parse_size,
+    "s3_concurrency": int,
 }
 
 

@@ -13,8 +13,10 @@ from connexion.exceptions import BadRequestProblem, ProblemException
 from connexion.options import SwaggerUIOptions
 
 from hpc import errors
-from hpc.api import context, problems
+from hpc.api import context, problems, views
+from hpc.api.fastpath import StatusFastPath
 from hpc.config import Config, load_config
+from hpc.errors import NotFound
 from hpc.services.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -57,3 +59,21 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
     app.add_error_handler(Exception, problems.internal_error)
     app.gateway = gateway
     return app
+
+
+def with_fast_path(app: connexion.FlaskApp):
+    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``)."""
+    gateway = app.gateway
+    if not gateway.config.fast_path:
+        return app
+
+    def job(job_id, principal):
+        try:
+            return views.job_status(gateway.jobs.get(job_id, principal))
+        except NotFound:
+            return None
+
+    renderers = {"job": job}
+    renderers.update(getattr(gateway.transfers, "fast_renderers", lambda: {})())
+    return StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
+                          renderers=renderers)

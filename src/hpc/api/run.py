@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from hpc.api.app import create_app
+from hpc.api.app import create_app, with_fast_path
 from hpc.config import ConfigError, load_config
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config)
     app.gateway.start()
     try:
-        uvicorn.run(app, host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
+        uvicorn.run(with_fast_path(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
                     access_log=False, lifespan="off")
     finally:
         app.gateway.stop()

@@ -240,18 +240,3 @@ def test_inline_key_and_passphrase_never_leak(gateway, testbed):
         ).fetchone()
     assert key_enc.startswith("gAAAA")  # Fernet tokens
     assert pass_enc.startswith("gAAAA")
-
-
-def test_delete_refused_while_work_is_active(gateway, testbed):
-    assert gateway.post("/infrastructure", infrastructure_body(testbed, "tb-busy", "slurm")).status_code == 201
-    gateway.stop()
-    with sqlite3.connect(gateway.data_dir / "gateway.db") as db:
-        db.execute(
-            "insert into jobs (id, infrastructure, owner, kind, name, spec, scheduler_id, state, watch_period,"
-            " cancel_requested, created_at, updated_at, poll_failures) values"
-            " ('00000000-0000-0000-0000-000000000001', 'tb-busy', 'admin', 'script', 'x', '{}', '999999',"
-            " 'running', 10, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 0)"
-        )
-    gateway.start()
-    problem = assert_problem(gateway.delete("/infrastructure/tb-busy"), 409)
-    assert "1 active job" in problem["detail"]

@@ -242,3 +242,17 @@ def test_delete_infrastructure_refused_while_a_job_runs(registered):
     registered.delete(f"/job/{job['id']}", token="user")
     wait_job(registered, job["id"], timeout=60)
     assert registered.delete("/infrastructure/tb-slurm", token="admin").status_code == 204
+
+
+def test_fast_path_answers_exactly_as_connexion(registered):
+    job = submit(registered, "tb-slurm", script="true\n")
+    ended = wait_job(registered, job["id"])
+    # A query string sends the request through Connexion; without one the fast path answers.
+    through_connexion = registered.get(f"/job/{job['id']}", params={"via": "connexion"}, token="user")
+    assert through_connexion.status_code == 200
+    assert through_connexion.json() == ended
+    assert registered.get(f"/job/{job['id']}", token="user2").status_code == 404
+    assert registered.get(f"/job/{job['id']}", token=None).status_code == 401
+    bad = registered.request("GET", f"/job/{job['id']}", token=None, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    assert bad.headers["Content-Type"].startswith("application/problem+json")
