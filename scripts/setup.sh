@@ -7,6 +7,11 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
 bash testbed/install.sh
+# wrk: the HTTP load generator of bench/api.py (its smoke run is part of the test suite).
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "[setup] installing wrk"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+fi
 
 python="${PYTHON:-python3}"
 if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(listen_port=args.port)
     configure_logging(config.log_level)
     app = create_app(config)
+    # The app's start-up objects (spec, routes, models: about 10^5) live as long as the process; moved
+    # out of the collector's reach, a full collection no longer walks them (measured: p99 of GET
+    # /job/{id} under 64 clients fell from about 380 ms, see docs/performance.md).
+    gc.collect()
+    gc.freeze()
     app.gateway.start()
     try:
         uvicorn.run(with_fast_path(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),

@@ -88,3 +88,26 @@ def test_slurmctld_down_keeps_state_and_tracking_resumes(registered):
     ended = wait_job(registered, job["id"], timeout=120)
     assert ended["state"] == "completed"
     assert ended["exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_two_replicas_on_one_store_never_double_submit(registered, testbed):
+    """Two gateway processes share one database: work is claimed from the store, not held in memory."""
+    from tests.integration.test_jobs_api import ssh
+    from tests.support import GatewayProcess, free_port
+
+    port = free_port()
+    twin = GatewayProcess(registered.data_dir, port, {**registered.env, "HPC_LISTEN_PORT": str(port)},
+                          registered.tokens, registered.data_dir / "twin.log").start()
+    try:
+        tag = f"twin-{int(time.time())}"
+        replicas = [registered, twin]
+        jobs = [submit(replicas[i % 2], "tb-slurm" if i % 3 else "tb-pbs", name=f"{tag}-{i}",
+                       script=f"sleep 1\nexit {i % 2}\n") for i in range(12)]
+        for i, job in enumerate(jobs):
+            ended = wait_job(replicas[(i + 1) % 2], job["id"], timeout=120)  # read through the other replica
+            assert (ended["state"], ended["exit_code"]) == (("completed", 0) if i % 2 == 0 else ("failed", 1))
+        names = ssh(testbed, f"squeue -h -t all -o %j | grep -c {tag}").stdout.strip()
+        assert names == str(len(jobs))
+    finally:
+        twin.stop()
