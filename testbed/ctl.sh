@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fault injection / inspection for the local testbed.
 #   ctl.sh status                      which daemons run (rc 1 if any is stopped)
-#   ctl.sh stop|start|restart DAEMON   DAEMON: sshd slurmctld slurmd munged nginx moto
+#   ctl.sh stop|start|restart DAEMON   DAEMON: sshd slurmctld slurmd munged nginx moto postgres
 # start reuses the configs written by up.sh and waits until ready
 # (sshd: port accepts; slurmctld: sinfo answers; moto: new keys, testbed.env rewritten).
 set -euo pipefail
@@ -9,7 +9,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-usage() { echo "usage: $0 status | {stop|start|restart} {sshd|slurmctld|slurmd|munged|nginx|moto}" >&2; exit 2; }
+usage() { echo "usage: $0 status | {stop|start|restart} {sshd|slurmctld|slurmd|munged|nginx|moto|postgres}" >&2; exit 2; }
 
 do_start() {
     case $1 in
@@ -31,6 +31,7 @@ do_start() {
         moto)
             start_moto
             write_env ;;
+        postgres) start_postgres ;;
         *) usage ;;
     esac
 }
@@ -42,7 +43,7 @@ case $1 in
     stop | start | restart)
         [ $# -eq 2 ] || usage
         require_root
-        case $2 in sshd | slurmctld | slurmd | munged | nginx | moto) ;; *) usage ;; esac
+        case $2 in sshd | slurmctld | slurmd | munged | nginx | moto | postgres) ;; *) usage ;; esac
         take_lock
         if [ "$1" != start ]; then stop_daemon "$2"; fi
         if [ "$1" != stop ]; then do_start "$2"; fi ;;

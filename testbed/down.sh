@@ -8,7 +8,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 require_root
 T0=$(now)
 take_lock
-for d in moto nginx slurmd slurmctld munged sshd; do
+for d in postgres moto nginx slurmd slurmctld munged sshd; do
     stop_daemon "$d"
 done
 echo "testbed down ($(elapsed "$T0") s)"

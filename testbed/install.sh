@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 VENV=/opt/hpc-testbed/venv
 MOTO_VERSION=5.2.5
 PKGS=(openssh-server openssh-client munge slurm-wlm slurm-wlm-torque nginx-light
-      python3-numpy python3-scipy python3-venv curl procps iproute2)
+      python3-numpy python3-scipy python3-venv curl procps iproute2 postgresql)
 
 log() { echo "[install] $*"; }
 

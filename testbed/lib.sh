@@ -8,6 +8,8 @@ TB_USER=hpcuser
 SSH_PORT=2222
 S3_PORT=9000
 HTTP_PORT=8081
+PG_PORT=5433
+PG_BIN=/usr/lib/postgresql/15/bin
 CTLD_PORT=6817
 SLURMD_PORT=6818
 SLURM_CONF=/etc/slurm/slurm.conf
@@ -60,6 +62,7 @@ pidfile_of() {
         slurmd) echo "$TB/pids/slurmd.pid" ;;
         nginx) echo "$TB/pids/nginx.pid" ;;
         moto) echo "$TB/pids/moto.pid" ;;
+        postgres) echo "$TB/pids/postgres.pid" ;;
         *) die "unknown daemon $1" ;;
     esac
 }
@@ -72,7 +75,7 @@ comm_of() {
 port_of() {
     case $1 in
         sshd) echo $SSH_PORT ;; slurmctld) echo $CTLD_PORT ;; slurmd) echo $SLURMD_PORT ;;
-        nginx) echo $HTTP_PORT ;; moto) echo $S3_PORT ;; munged) echo "" ;;
+        nginx) echo $HTTP_PORT ;; moto) echo $S3_PORT ;; munged) echo "" ;; postgres) echo $PG_PORT ;;
     esac
 }
 daemon_pid() { pidfile_pid "$(pidfile_of "$1")" "$(comm_of "$1")"; }
@@ -94,7 +97,10 @@ stop_daemon() {
         log "$name: not running"
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
+    # PostgreSQL takes TERM as "wait for every client to leave"; INT is its fast shutdown.
+    local sig=TERM
+    [ "$name" = postgres ] && sig=INT
+    kill -"$sig" "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
         pid_alive "$pid" || break
         sleep 0.1
@@ -476,6 +482,26 @@ EOF
     log "moto: started on 127.0.0.1:$S3_PORT (pid $(daemon_pid moto)), IAM user testbed, keys verified, wrong keys refused"
 }
 
+# ---------------------------------------------------------------- PostgreSQL
+# A store for gateway replicas (tests of the PostgreSQL dialect and of several replicas). Its own data
+# directory, loopback only, trust authentication: a test database, never a production set-up.
+start_postgres() {
+    local data=$TB/postgres/data
+    if daemon_running postgres; then log "postgres: running (pid $(daemon_pid postgres))"; return 0; fi
+    [ -x "$PG_BIN/postgres" ] || die "$PG_BIN/postgres missing: run testbed/install.sh"
+    install -d -m 700 -o postgres -g postgres "$TB/postgres"
+    if [ ! -s "$data/PG_VERSION" ]; then
+        runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -A trust -U postgres --no-instructions >/dev/null
+    fi
+    ensure_port_free postgres
+    rm -f "$data/postmaster.pid"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$data" -l "$TB/postgres/postgres.log" -w -t 30 \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$TB/postgres -c fsync=off" \
+        start 9>&- >/dev/null || die "postgres did not start, see $TB/postgres/postgres.log"
+    head -1 "$data/postmaster.pid" >"$(pidfile_of postgres)"
+    log "postgres: started on 127.0.0.1:$PG_PORT (pid $(daemon_pid postgres))"
+}
+
 # ---------------------------------------------------------------- env file
 write_env() {
     local hk_type hk_b64 fp ak sk
@@ -507,10 +533,11 @@ TESTBED_S3_SECRET_KEY=$sk
 TESTBED_S3_REGION=$S3_REGION
 TESTBED_HTTP_URL=http://127.0.0.1:$HTTP_PORT
 TESTBED_HTTP_ROOT=$TB/www
+TESTBED_PG_URL=postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres
 EOF
 }
 
-ALL_DAEMONS="sshd munged slurmctld slurmd nginx moto"
+ALL_DAEMONS="sshd munged slurmctld slurmd nginx moto postgres"
 
 status_all() {
     local d pid port rc=0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring the local HPC testbed up (idempotent): sshd :2222, munge, Slurm (slurmctld :6817, slurmd :6818),
-# moto S3 :9000, nginx :8081 -- all on 127.0.0.1. Only dead daemons are (re)started.
+# moto S3 :9000, nginx :8081, PostgreSQL :5433 -- all on 127.0.0.1. Only dead daemons are (re)started.
 # State dir: ${HPC_TESTBED_DIR:-/var/lib/hpc-testbed}; writes $TB/testbed.env at the end.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +26,7 @@ done
 setup_nginx
 start_nginx
 start_moto
+start_postgres
 write_env
 
 if [ -f "$HERE/serrano/install.sh" ]; then

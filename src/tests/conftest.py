@@ -63,3 +63,21 @@ def registered(gateway, testbed) -> GatewayProcess:
         response = gateway.post("/infrastructure", infrastructure_body(testbed, name, scheduler))
         assert response.status_code == 201, response.text
     return gateway
+
+
+@pytest.fixture
+def pg_url(testbed):
+    """A fresh, empty PostgreSQL database on the testbed's server; dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = testbed["TESTBED_PG_URL"]
+    name = f"hpc_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -91,11 +91,17 @@ def test_slurmctld_down_keeps_state_and_tracking_resumes(registered):
 
 
 @pytest.mark.slow
-def test_two_replicas_on_one_store_never_double_submit(registered, testbed):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_replicas_on_one_store_never_double_submit(gateway_factory, testbed, request, database):
     """Two gateway processes share one database: work is claimed from the store, not held in memory."""
     from tests.integration.test_jobs_api import ssh
-    from tests.support import GatewayProcess, free_port
+    from tests.support import GatewayProcess, free_port, infrastructure_body
 
+    extra = {"HPC_DATABASE_URL": request.getfixturevalue("pg_url")} if database == "postgresql" else {}
+    registered = gateway_factory(extra_env=extra)
+    for name, scheduler in (("tb-slurm", "slurm"), ("tb-pbs", "pbs")):
+        assert registered.post("/infrastructure", infrastructure_body(testbed, name, scheduler)).status_code == 201
+    assert registered.get("/health", token=None).json()["database"] == database
     port = free_port()
     twin = GatewayProcess(registered.data_dir, port, {**registered.env, "HPC_LISTEN_PORT": str(port)},
                           registered.tokens, registered.data_dir / "twin.log").start()
