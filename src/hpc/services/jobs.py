@@ -335,8 +335,8 @@ class JobService:
                 return
             self._count(infra["name"], "submit")
             result = self.infrastructures.run(infra, command, stdin=stdin, action="submitting the job")
-        except (ClusterUnavailable, DomainError) as exc:
-            self._retry_submission(row, str(exc.detail))
+        except DomainError as exc:
+            self._retry_submission(row, exc.detail)
             return
         except (OSError, EOFError) as exc:  # SFTP faults surface as IOError from paramiko
             self._retry_submission(row, f"writing the job's files failed: {exc}")
