@@ -24,6 +24,8 @@ cp "$TESTBED_KNOWN_HOSTS" "$data/known_hosts"
 token="$(.venv/bin/python -c 'from hpc.security import new_token; print(new_token())')"
 hash="$(.venv/bin/python -c 'import sys; from hpc.security import hash_token; print(hash_token(sys.argv[1]))' "$token")"
 
+# The testbed's HTTP and S3 servers listen on loopback: admit it as a transfer source.
+export HPC_SOURCE_ALLOW_NETWORKS="${HPC_SOURCE_ALLOW_NETWORKS:-127.0.0.0/8,::1/128}"
 export HPC_DATA_DIR="$data" HPC_LISTEN_PORT="$port" HPC_TOKENS="local-admin:admin:$hash"
 .venv/bin/hpc-gateway serve &
 pid=$!
@@ -48,6 +50,8 @@ register() {  # name scheduler
 }
 register tb-slurm slurm
 register tb-pbs pbs
+# The examples' fixture (examples/README.md): these two clusters, the testbed's S3 store and web server.
+.venv/bin/python examples/make_fixture.py "$data/fixture.infrastructure.yaml" --key testbed_ed25519 >/dev/null
 
 cat <<MSG
 
@@ -56,6 +60,8 @@ admin token (shown once; a new one is made on every start):
   export HPC_URL=$url HPC_TOKEN=$token
 try:
   curl -H "Authorization: Bearer \$HPC_TOKEN" \$HPC_URL/infrastructure/tb-slurm/telemetry
+  .venv/bin/hpc-gateway job submit -i tb-slurm --wait -- hostname
+  .venv/bin/python examples/05_end_to_end_serrano.py     (fixture: $data/fixture.infrastructure.yaml)
 Ctrl-C stops the gateway (the testbed stays up: bash testbed/down.sh stops it).
 MSG
 wait $pid

@@ -1,33 +1,893 @@
-"""The ``hpc-gateway`` command."""
+"""The ``hpc-gateway`` command: run the gateway, make tokens, and drive a gateway from a shell.
+
+    hpc-gateway serve [--config FILE] [--host H] [--port P]   run the gateway
+    hpc-gateway token NAME [--role admin|user]                a new API token and the hash to configure
+    hpc-gateway infra  add|list|show|rm|telemetry             infrastructures
+    hpc-gateway job    submit|list|show|cancel|logs|wait      jobs
+    hpc-gateway transfer http|s3-in|s3-out|list|show|cancel|wait
+
+The client commands talk to ``--url`` (default ``$HPC_URL``, else http://127.0.0.1:8080) with ``--token``
+(default ``$HPC_TOKEN``). Every one of them takes ``--json`` and then prints the gateway's JSON record(s)
+on stdout and nothing else there; progress displays always go to stderr.
+
+Exit codes: 0 success; 1 the job or transfer ended without success (failed, cancelled, timeout);
+2 a usage error (bad option, missing argument); 3 the gateway refused the request or could not be
+reached (the problem is printed); 4 a wait ran out of time (the job or transfer goes on); 130 interrupted.
+"""
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
-from hpc.security import hash_token, new_token
+import click
+
+from hpc import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_API = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+# The settings of the command being run, for the error report after its context is gone.
+_STATE: dict[str, Any] = {}
+
+
+class Settings:
+    """Connection and output settings: group options, overridden by the same options on a command."""
+
+    def __init__(self, url: str | None, token: str | None, as_json: bool):
+        self.url, self.token, self.as_json = url, token, as_json
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from hpc.client import Client
+
+            self._client = Client(self.url, self.token or "")
+        return self._client
+
+
+def _settings() -> Settings:
+    return click.get_current_context().find_object(Settings)
+
+
+def client_options(func: Callable) -> Callable:
+    """``--url``, ``--token`` and ``--json`` on a client command (they may also precede the command)."""
+
+    def merge(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        settings = ctx.find_object(Settings)
+        if settings is not None and value not in (None, False):
+            setattr(settings, {"json": "as_json"}.get(param.name, param.name), value)
+        return value
+
+    func = click.option("--json", "json", is_flag=True, expose_value=False, callback=merge,
+                        help="Print the gateway's JSON on stdout (for scripts).")(func)
+    func = click.option("--token", expose_value=False, callback=merge, metavar="TOKEN",
+                        help="Bearer token [default: $HPC_TOKEN].")(func)
+    func = click.option("--url", expose_value=False, callback=merge, metavar="URL",
+                        help="Gateway URL [default: $HPC_URL].")(func)
+    return func
+
+
+# -- output helpers --------------------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    console = Console(file=stream)
+    if not console.is_terminal:
+        console = Console(file=stream, width=200, no_color=True)
+    return console
+
+
+def _print(renderable: Any) -> None:
+    """A rich table on stdout; away from a terminal as plain text without the padding at line ends."""
+    console = _console()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    for line in captured.get().splitlines():
+        click.echo(line.rstrip())
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def emit(value: Any, human: Callable[[Any], None]) -> None:
+    """The record as JSON with ``--json``, else in ``human``'s words."""
+    if _settings().as_json:
+        emit_json(value)
+    else:
+        human(value)
+
+
+def show_mapping(record: Mapping[str, Any], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in record.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        table.add_row(key, "" if value is None else str(value))
+    _print(table)
+
+
+def show_table(rows: Iterable[Mapping[str, Any]], columns: list[tuple[str, str | Callable]], empty: str) -> None:
+    from rich.table import Table
+
+    rows = list(rows)
+    if not rows:
+        click.echo(empty)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for heading, _ in columns:
+        table.add_column(heading, overflow="fold")
+    for row in rows:
+        cells = []
+        for _, getter in columns:
+            value = getter(row) if callable(getter) else row.get(getter)
+            cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    _print(table)
+
+
+def _short_time(value: str | None) -> str:
+    return (value or "").replace("T", " ")[:19]
+
+
+def _parse_assignments(values: Iterable[str], option: str) -> dict[str, Any]:
+    """``key=value`` pairs; ``a.b=1`` nests; values are JSON when they parse as JSON, else strings."""
+    result: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise click.BadParameter(f"{key!r} nests under a value", param_hint=option)
+        target[parts[-1]] = value
+    return result
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _load_document(path: str) -> Any:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _display_options() -> dict[str, Any]:
+    """Progress on stderr: live on a terminal; plain lines elsewhere, except none under ``--json``."""
+    if _console(stderr=True).is_terminal:
+        return {"live": True}
+    if _settings().as_json:
+        return {"live": False, "stream": _DEVNULL}
+    return {"live": False}
+
+
+def _drawn_on_stdout() -> bool:
+    """Whether the live display's last frame already stands on the terminal stdout shows (no repeat)."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and os.path.sameopenfile(1, 2)
+
+
+class _Discard:
+    """A text stream that drops what is written (plain progress lines under --json off a terminal)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+_DEVNULL = _Discard()
+
+
+# -- the command tree ------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--url", envvar="HPC_URL", metavar="URL", help="Gateway URL [env: HPC_URL; default http://127.0.0.1:8080].")
+@click.option("--token", envvar="HPC_TOKEN", metavar="TOKEN", help="Bearer token [env: HPC_TOKEN].")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON on stdout (for scripts).")
+@click.version_option(__version__, prog_name="hpc-gateway")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
+    """hpc-gateway: run the gateway, or drive one (infrastructures, jobs, transfers).
+
+    \b
+    Exit codes: 0 success; 1 a job or transfer ended without success;
+    2 usage error; 3 the gateway refused the request or was unreachable;
+    4 a wait timed out; 130 interrupted.
+    """
+    ctx.obj = _STATE["settings"] = Settings(url, token, as_json)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve(args: tuple[str, ...]) -> int:
+    """Run the gateway (API and background workers) until SIGINT/SIGTERM; see 'serve --help'."""
+    from hpc.api.run import main as run
+
+    return run(list(args))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print token and hash as JSON.")
+def token(name: str, role: str, as_json: bool) -> int:
+    """Make a new API token for NAME, and the salted hash the gateway is configured with."""
+    from hpc.security import hash_token, new_token
+
+    secret = new_token()
+    hashed = hash_token(secret)
+    if as_json or _settings().as_json:
+        emit_json({"name": name, "role": role, "token": secret, "hash": hashed,
+                   "env": f"HPC_TOKENS={name}:{role}:{hashed}"})
+        return EXIT_OK
+    click.echo(f"token: {secret}")
+    click.echo(f"configure: {{name: {name}, role: {role}, hash: '{hashed}'}}")
+    click.echo(f"or in the environment: HPC_TOKENS={name}:{role}:{hashed}")
+    return EXIT_OK
+
+
+# -- infrastructures -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def infra() -> None:
+    """Register, list, show, remove infrastructures; read their telemetry."""
+
+
+INFRA_COLUMNS = [
+    ("NAME", "name"), ("SCHEDULER", "scheduler"),
+    ("SSH", lambda r: f"{r.get('username', '')}@{r.get('host')}:{r.get('port', 22)}"),
+    ("HOSTNAME", "hostname"), ("HOST KEY", "host_key_fingerprint"),
+    ("REGISTERED", lambda r: _short_time(r.get("created_at"))),
+]
+
+
+def _infra_entries(document: Any) -> list[dict[str, Any]]:
+    if isinstance(document, Mapping) and "hpc" in document:
+        document = document["hpc"]
+    if isinstance(document, Mapping):
+        document = [document]
+    if not isinstance(document, list) or not all(isinstance(entry, Mapping) for entry in document):
+        raise click.BadParameter("expected an infrastructure, a list of them, or a fixture with an 'hpc:' list",
+                                 param_hint="--from-file")
+    return [dict(entry) for entry in document]
+
+
+@infra.command("add")
+@click.argument("name", required=False)
+@click.option("--host", help="Address used for SSH.")
+@click.option("--port", type=click.IntRange(1, 65535), help="SSH port [default: 22].")
+@click.option("--user", "username", help="Login user on the cluster.")
+@click.option("--hostname", help="The cluster's own name [default: the host].")
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]))
+@click.option("--key", "key_path", metavar="PATH", help="Private key file, inside the gateway's key directory.")
+@click.option("--key-type", type=click.Choice(["ssh-ed25519", "ssh-rsa"]), default="ssh-ed25519", show_default=True)
+@click.option("--key-passphrase", envvar="HPC_KEY_PASSPHRASE", metavar="TEXT",
+              help="The key's passphrase [env: HPC_KEY_PASSPHRASE].")
+@click.option("--private-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="Send this private key itself (stored encrypted) instead of naming a path.")
+@click.option("--host-key", metavar="'TYPE BASE64'", help="Pin the host's public key (or @FILE with it).")
+@click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Site setting, e.g. mpi_launcher='' or 'setup_lines=[\"module load mpi\"]' (repeatable).")
+@click.option("--from-file", "from_file", metavar="FILE",
+              help="Register from YAML/JSON: one infrastructure, a list, or a fixture's 'hpc:' list "
+                   "(NAME then picks one).")
+@click.option("--exist-ok", is_flag=True, help="An infrastructure of that name already registered is fine.")
+@client_options
+def infra_add(name, host, port, username, hostname, scheduler, key_path, key_type, key_passphrase,
+              private_key_file, host_key, settings, from_file, exist_ok) -> int:
+    """Register infrastructure NAME (admin). The gateway logs in over SSH before it answers."""
+    from hpc.client import Conflict
+
+    client = _settings().client
+    if from_file:
+        entries = _infra_entries(_load_document(from_file))
+        if name:
+            entries = [entry for entry in entries if entry.get("name") == name]
+            if not entries:
+                raise click.BadParameter(f"no infrastructure named {name!r} in {from_file}", param_hint="NAME")
+    else:
+        missing = [flag for flag, value in (("NAME", name), ("--host", host), ("--user", username),
+                                            ("--scheduler", scheduler)) if not value]
+        if not key_path and not private_key_file:
+            missing.append("--key or --private-key-file")
+        if missing:
+            raise click.UsageError(f"missing {', '.join(missing)} (or use --from-file)")
+        ssh_key: dict[str, Any] = {"type": key_type}
+        if private_key_file:
+            ssh_key["private_key"] = Path(private_key_file).read_text()
+        else:
+            ssh_key["path"] = key_path
+        if key_passphrase:
+            ssh_key["password"] = key_passphrase
+        if host_key and host_key.startswith("@"):
+            host_key = Path(host_key[1:]).read_text().strip()
+        entry = {"name": name, "host": host, "username": username, "hostname": hostname or host,
+                 "scheduler": scheduler, "ssh_key": ssh_key, "port": port, "host_key": host_key}
+        if settings:
+            entry["settings"] = _parse_assignments(settings, "--setting")
+        entries = [entry]
+    results, existing = [], set()
+    for entry in entries:
+        try:
+            results.append(client.create_infrastructure(**entry))
+        except Conflict:
+            if not exist_ok:
+                raise
+            results.append(client.get_infrastructure(entry["name"]))
+            existing.add(entry["name"])
+    if _settings().as_json:
+        emit_json(results[0] if len(results) == 1 and not from_file else results)
+    else:
+        for record in results:
+            verb = "already registered:" if record["name"] in existing else "registered"
+            click.echo(f"{verb} {record['name']} ({record['scheduler']}, "
+                       f"{record.get('username')}@{record['host']}:{record.get('port', 22)}, "
+                       f"host key {record.get('host_key_fingerprint', '?')})")
+    return EXIT_OK
+
+
+@infra.command("list")
+@client_options
+def infra_list() -> int:
+    """List the registered infrastructures."""
+    emit(_settings().client.list_infrastructures(),
+         lambda rows: show_table(rows, INFRA_COLUMNS, "no infrastructure registered"))
+    return EXIT_OK
+
+
+@infra.command("show")
+@click.argument("name")
+@client_options
+def infra_show(name: str) -> int:
+    """Show one infrastructure."""
+    emit(_settings().client.get_infrastructure(name), show_mapping)
+    return EXIT_OK
+
+
+@infra.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@client_options
+def infra_rm(names: tuple[str, ...]) -> int:
+    """Unregister infrastructures (admin); refused while they have active jobs or transfers."""
+    client = _settings().client
+    for name in names:
+        client.delete_infrastructure(name)
+        if not _settings().as_json:
+            click.echo(f"removed {name}")
+    if _settings().as_json:
+        emit_json({"removed": list(names)})
+    return EXIT_OK
+
+
+@infra.command("telemetry")
+@click.argument("name")
+@client_options
+def infra_telemetry(name: str) -> int:
+    """Partitions, nodes, CPUs and job counts, as the scheduler reports them now."""
+
+    def human(record: Mapping[str, Any]) -> None:
+        click.echo(f"{record['name']} ({record['scheduler']}, {record['hostname']}) at "
+                   f"{_short_time(record.get('collected_at'))}")
+        show_table(record.get("partitions", []), [
+            ("PARTITION", "name"),
+            ("NODES avail/total", lambda p: f"{p['avail_nodes']}/{p['total_nodes']}"),
+            ("CPUS avail/total", lambda p: f"{p['avail_cpus']}/{p['total_cpus']}"),
+            ("RUNNING", "running_jobs"), ("QUEUED", "queued_jobs"),
+        ], "no partition")
+
+    emit(_settings().client.telemetry(name), human)
+    return EXIT_OK
+
+
+# -- jobs ------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def job() -> None:
+    """Submit, list, show, cancel jobs; read their output; wait for them."""
+
+
+JOB_COLUMNS = [
+    ("ID", "id"), ("INFRASTRUCTURE", "infrastructure"), ("NAME", "name"), ("STATE", "state"),
+    ("EXIT", "exit_code"), ("SCHEDULER ID", "scheduler_id"), ("CREATED", lambda r: _short_time(r.get("created_at"))),
+]
+
+
+def _job_outcome(jobs: list[Mapping[str, Any]]) -> int:
+    from hpc.client import job_succeeded
+
+    return EXIT_OK if all(job_succeeded(j) for j in jobs) else EXIT_FAILED
+
+
+def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float) -> int:
+    """Waits with live state lines; prints the outcome; returns the exit code."""
+    from hpc.client import WaitTimeout
+    from hpc.client.display import job_line, watch_jobs
+
+    as_json = _settings().as_json
+    try:
+        final = watch_jobs(_settings().client, jobs, timeout=timeout, poll=poll, **_display_options())
+    except WaitTimeout as exc:
+        if as_json:
+            emit_json(exc.last)
+        click.echo(f"hpc-gateway: {exc}", err=True)
+        return EXIT_TIMEOUT
+    if as_json:
+        emit_json(final[0] if len(final) == 1 else final)
+    elif not _drawn_on_stdout():
+        for record in final:
+            click.echo(job_line(record))
+    return _job_outcome(final)
+
+
+@job.command("submit", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
+              help="Infrastructure to run on [env: HPC_INFRASTRUCTURE].")
+@click.option("--script", type=click.File("r"), metavar="FILE", help="Bash script to run ('-' reads stdin).")
+@click.option("--services", "services", multiple=True, metavar="NAME[,NAME]",
+              help="SERRANO services (fft, kmean, knn, ...), with --param read_input_data=...")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="SERRANO parameter; dots nest (kmean.cluster_number=3); JSON values (repeatable).")
+@click.option("--params-file", type=click.File("r"), metavar="FILE", help="SERRANO parameters as YAML/JSON.")
+@click.option("--name", help="Job name.")
+@click.option("--nodes", type=click.IntRange(1))
+@click.option("--tasks", type=click.IntRange(1))
+@click.option("--cpus-per-task", type=click.IntRange(1))
+@click.option("--memory-mb", type=click.IntRange(1))
+@click.option("--walltime", metavar="[D-]HH:MM:SS")
+@click.option("--partition", help="Partition (Slurm) or queue (PBS).")
+@click.option("--account")
+@click.option("--workdir", help="Working directory on the cluster (relative to home unless absolute).")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable (repeatable).")
+@click.option("--watch-period", type=float, help="Seconds between the gateway's status checks.")
+@click.option("--wait", is_flag=True, help="Wait for the job with a live state line; exit 1 unless it succeeded.")
+@click.option("--timeout", type=float, help="Seconds --wait waits at most (exit 4 then).")
+@click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between polls while waiting.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@client_options
+def job_submit(infrastructure, script, services, params, params_file, name, nodes, tasks, cpus_per_task,
+               memory_mb, walltime, partition, account, workdir, env, watch_period, wait, timeout, poll,
+               command) -> int:
+    """Submit a job: --script FILE, --services NAMES, or a command after '--'.
+
+    \b
+    Examples:
+      hpc-gateway job submit -i tb-slurm --walltime 00:05:00 --wait -- hostname
+      hpc-gateway job submit -i tb-pbs --script job.sh --nodes 1 --tasks 2
+      hpc-gateway job submit -i tb-slurm --services fft \\
+          --param read_input_data=/Init_Data/raw_data_input_fft/input.csv --wait
+    """
+    service_names = [s.strip() for item in services for s in item.split(",") if s.strip()]
+    given = [label for label, present in (("--script", script), ("--services", service_names),
+                                          ("a command", command)) if present]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --script FILE, --services NAMES, or a command after '--'"
+                               + (f" (got {' and '.join(given)})" if given else ""))
+    parameters: dict[str, Any] | None = None
+    if params_file or params:
+        parameters = {}
+        if params_file:
+            import yaml
+
+            loaded = yaml.safe_load(params_file.read()) or {}
+            if not isinstance(loaded, dict):
+                raise click.BadParameter("expected a mapping", param_hint="--params-file")
+            parameters.update(loaded)
+        _merge(parameters, _parse_assignments(params, "--param"))
+    resources = {key: value for key, value in (("nodes", nodes), ("tasks", tasks), ("cpus_per_task", cpus_per_task),
+                                               ("memory_mb", memory_mb), ("walltime", walltime),
+                                               ("partition", partition), ("account", account)) if value is not None}
+    environment = None
+    if env:
+        environment = {}
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--env")
+            environment[key] = value
+    record = _settings().client.submit_job(
+        infrastructure, services=service_names or None, params=parameters,
+        script=script.read() if script else None, command=list(command) or None,
+        resources=resources or None, name=name, workdir=workdir, env=environment, watch_period=watch_period,
+    )
+    if wait:
+        if not _settings().as_json:
+            click.echo(f"submitted job {record['id']}", err=True)
+        return _wait_jobs([record], timeout, poll)
+    emit(record, lambda r: click.echo(r["id"]))
+    return EXIT_OK
+
+
+@job.command("list")
+@click.option("-i", "--infra", "infrastructure", help="Only jobs on this infrastructure.")
+@click.option("--state", type=click.Choice(["submitting", "queued", "running", "completed", "failed", "cancelled",
+                                            "timeout", "unknown"]))
+@click.option("--since", metavar="ISO-TIME", help="Only jobs created at or after, e.g. 2026-01-01T00:00:00Z.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def job_list(infrastructure, state, since, limit, offset) -> int:
+    """List jobs, newest first (a user sees their own; an admin sees all)."""
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], JOB_COLUMNS, "no job")
+        if page["total"] > len(page["items"]):
+            click.echo(f"({len(page['items'])} of {page['total']}; --offset {offset + len(page['items'])} for more)")
+
+    emit(_settings().client.list_jobs(infrastructure=infrastructure, state=state, since=since, limit=limit,
+                                      offset=offset), human)
+    return EXIT_OK
+
+
+@job.command("show")
+@click.argument("job_id", metavar="ID")
+@client_options
+def job_show(job_id: str) -> int:
+    """Show a job's status record."""
+    emit(_settings().client.get_job(job_id), show_mapping)
+    return EXIT_OK
+
+
+@job.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--wait", is_flag=True, help="Wait until the scheduler has ended the jobs.")
+@click.option("--timeout", type=float, help="Seconds --wait waits at most.")
+@client_options
+def job_cancel(job_ids: tuple[str, ...], wait: bool, timeout: float | None) -> int:
+    """Cancel jobs (idempotent while they run; refused once they ended)."""
+    client = _settings().client
+    records = [client.cancel_job(job_id) for job_id in job_ids]
+    if wait:
+        code = _wait_jobs(records, timeout, 0.5)
+        return EXIT_OK if code == EXIT_FAILED else code  # cancelled is what was asked for
+    if _settings().as_json:
+        emit_json(records[0] if len(records) == 1 else records)
+    else:
+        for record in records:
+            click.echo(f"cancel requested for job {record['id']} ({record.get('state')})")
+    return EXIT_OK
+
+
+@job.command("logs")
+@click.argument("job_id", metavar="ID")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), default="stdout", show_default=True)
+@click.option("--stderr", "use_stderr", is_flag=True, help="Same as --stream stderr.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing as the output grows until the job ends; exit 1 unless it succeeded.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="Start at this byte.")
+@click.option("--poll", type=float, default=0.5, show_default=True)
+@client_options
+def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: int, poll: float) -> int:
+    """Print a job's stdout (or stderr), all of it or following it."""
+    client = _settings().client
+    stream = "stderr" if use_stderr else stream
+    as_json = _settings().as_json
+    if not follow:
+        chunks, position = [], offset
+        while True:
+            chunk = client.job_output(job_id, stream, position, length=4 * 1024 * 1024)
+            chunks.append(chunk)
+            position = chunk.get("next_offset", position)
+            if chunk.get("eof") or not chunk.get("data"):
+                break
+        if as_json:
+            emit_json(chunks[0] if len(chunks) == 1 else chunks)
+        else:
+            for chunk in chunks:
+                click.echo(chunk.get("data", ""), nl=False)
+        return EXIT_OK
+    for data in client.follow_job_output(job_id, stream, offset, poll=poll):
+        if as_json:
+            click.echo(json.dumps({"stream": stream, "data": data}))
+        else:
+            click.echo(data, nl=False)
+        sys.stdout.flush()
+    final = client.get_job(job_id)
+    if not as_json:
+        from hpc.client.display import job_line
+
+        click.echo(job_line(final), err=True)
+    return _job_outcome([final])
+
+
+@job.command("wait")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--timeout", type=float, help="Seconds to wait at most (exit 4 then).")
+@click.option("--poll", type=float, default=0.5, show_default=True)
+@client_options
+def job_wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> int:
+    """Wait for jobs with a live state line; exit 0 only if every one succeeded."""
+    client = _settings().client
+    return _wait_jobs([client.get_job(job_id) for job_id in job_ids], timeout, poll)
+
+
+# -- transfers -------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def transfer() -> None:
+    """Stage data onto a cluster (HTTP, S3) and results back to S3; list, show, cancel, wait."""
+
+
+TRANSFER_COLUMNS = [
+    ("ID", "id"), ("KIND", "kind"), ("INFRASTRUCTURE", "infrastructure"), ("STATE", "state"),
+    ("BYTES", lambda r: _bytes_text(r)), ("FROM -> TO", lambda r: _route(r)),
+    ("CREATED", lambda r: _short_time(r.get("created_at"))),
+]
+
+
+def _bytes_text(record: Mapping[str, Any]) -> str:
+    from hpc.client.display import human_size
+
+    text = human_size(record.get("bytes_done") or 0)
+    if record.get("bytes_total") is not None:
+        text += f"/{human_size(record['bytes_total'])}"
+    return text
+
+
+def _route(record: Mapping[str, Any]) -> str:
+    from hpc.client.display import transfer_label
+
+    return transfer_label(record).split(" ", 1)[1]
+
+
+def _s3_address(value: str, param_hint: str) -> tuple[str, str]:
+    if not value.startswith("s3://") or "/" not in value[5:] or value.endswith("/"):
+        raise click.BadParameter(f"expected s3://BUCKET/OBJECT, got {value!r}", param_hint=param_hint)
+    bucket, _, key = value[5:].partition("/")
+    return bucket, key
+
+
+def s3_options(func: Callable) -> Callable:
+    options = [
+        click.option("--endpoint", envvar=["HPC_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+                     required=True, help="S3 endpoint URL [env: HPC_S3_ENDPOINT, AWS_ENDPOINT_URL].",
+                     metavar="URL"),
+        click.option("--region", envvar=["HPC_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"], default="local",
+                     show_default=True, help="[env: HPC_S3_REGION, AWS_REGION]"),
+        click.option("--access-key", envvar=["HPC_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"], required=True,
+                     help="[env: HPC_S3_ACCESS_KEY, AWS_ACCESS_KEY_ID]", metavar="KEY"),
+        click.option("--secret-key", envvar=["HPC_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"], required=True,
+                     help="[env: HPC_S3_SECRET_KEY, AWS_SECRET_ACCESS_KEY]; prefer the environment to the "
+                          "command line, which other users can see.", metavar="KEY"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def wait_options(func: Callable) -> Callable:
+    func = click.option("--poll", type=float, default=0.5, show_default=True,
+                        help="Seconds between polls while waiting.")(func)
+    func = click.option("--timeout", type=float, help="Seconds --wait waits at most (exit 4 then).")(func)
+    func = click.option("--wait", is_flag=True,
+                        help="Wait with a progress bar; exit 1 unless the transfer completed.")(func)
+    return func
+
+
+infra_option = click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
+                            help="Infrastructure [env: HPC_INFRASTRUCTURE].")
+
+
+def _transfer_outcome(records: list[Mapping[str, Any]]) -> int:
+    from hpc.client import transfer_succeeded
+
+    return EXIT_OK if all(transfer_succeeded(r) for r in records) else EXIT_FAILED
+
+
+def _wait_transfers(records: list[Mapping[str, Any]], timeout: float | None, poll: float) -> int:
+    from hpc.client import WaitTimeout
+    from hpc.client.display import transfer_line, watch_transfers
+
+    as_json = _settings().as_json
+    try:
+        final = watch_transfers(_settings().client, records, timeout=timeout, poll=poll, **_display_options())
+    except WaitTimeout as exc:
+        if as_json:
+            emit_json(exc.last)
+        click.echo(f"hpc-gateway: {exc}", err=True)
+        return EXIT_TIMEOUT
+    if as_json:
+        emit_json(final[0] if len(final) == 1 else final)
+    elif not _drawn_on_stdout():
+        for record in final:
+            click.echo(transfer_line(record))
+    return _transfer_outcome(final)
+
+
+def _started(record: Mapping[str, Any], wait: bool, timeout: float | None, poll: float) -> int:
+    if wait:
+        if not _settings().as_json:
+            click.echo(f"started transfer {record['id']}", err=True)
+        return _wait_transfers([record], timeout, poll)
+    emit(record, lambda r: click.echo(r["id"]))
+    return EXIT_OK
+
+
+@transfer.command("http")
+@click.argument("source_url", metavar="URL")
+@click.argument("dst")
+@infra_option
+@wait_options
+@client_options
+def transfer_http(source_url: str, dst: str, infrastructure: str, wait: bool, timeout: float | None,
+                  poll: float) -> int:
+    """Copy an http(s) URL to DST on the cluster (relative to the home directory)."""
+    record = _settings().client.create_http_transfer(source_url, dst, infrastructure)
+    return _started(record, wait, timeout, poll)
+
+
+@transfer.command("s3-in")
+@click.argument("source", metavar="s3://BUCKET/OBJECT")
+@click.argument("dst")
+@infra_option
+@s3_options
+@wait_options
+@client_options
+def transfer_s3_in(source: str, dst: str, infrastructure: str, endpoint: str, region: str, access_key: str,
+                   secret_key: str, wait: bool, timeout: float | None, poll: float) -> int:
+    """Copy an S3 object to DST on the cluster."""
+    bucket, key = _s3_address(source, "s3://BUCKET/OBJECT")
+    record = _settings().client.create_s3_data_transfer(
+        endpoint=endpoint, bucket=bucket, object=key, region=region, access_key=access_key, secret_key=secret_key,
+        dst=dst, infrastructure=infrastructure)
+    return _started(record, wait, timeout, poll)
+
+
+@transfer.command("s3-out")
+@click.argument("src")
+@click.argument("target", metavar="s3://BUCKET/OBJECT")
+@infra_option
+@s3_options
+@wait_options
+@client_options
+def transfer_s3_out(src: str, target: str, infrastructure: str, endpoint: str, region: str, access_key: str,
+                    secret_key: str, wait: bool, timeout: float | None, poll: float) -> int:
+    """Copy SRC on the cluster to an S3 object."""
+    bucket, key = _s3_address(target, "s3://BUCKET/OBJECT")
+    record = _settings().client.create_s3_result_transfer(
+        endpoint=endpoint, bucket=bucket, object=key, region=region, access_key=access_key, secret_key=secret_key,
+        src=src, infrastructure=infrastructure)
+    return _started(record, wait, timeout, poll)
+
+
+kind_option = click.option("--kind", type=click.Choice(["http", "s3_data", "s3_result"]),
+                           help="The transfer's kind (found by asking when not given).")
+
+
+@transfer.command("list")
+@click.option("-i", "--infra", "infrastructure", help="Only transfers of this infrastructure.")
+@kind_option
+@click.option("--state", type=click.Choice(["queued", "transferring", "verifying", "completed", "failed",
+                                            "cancelled"]))
+@click.option("--since", metavar="ISO-TIME")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def transfer_list(infrastructure, kind, state, since, limit, offset) -> int:
+    """List transfers of every kind, newest first."""
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], TRANSFER_COLUMNS, "no transfer")
+        if page["total"] > len(page["items"]):
+            click.echo(f"({len(page['items'])} of {page['total']}; --offset {offset + len(page['items'])} for more)")
+
+    emit(_settings().client.list_transfers(infrastructure=infrastructure, kind=kind, state=state, since=since,
+                                           limit=limit, offset=offset), human)
+    return EXIT_OK
+
+
+@transfer.command("show")
+@click.argument("transfer_id", metavar="ID")
+@kind_option
+@client_options
+def transfer_show(transfer_id: str, kind: str | None) -> int:
+    """Show a transfer's status record."""
+    emit(_settings().client.get_transfer(transfer_id, kind), show_mapping)
+    return EXIT_OK
+
+
+@transfer.command("cancel")
+@click.argument("transfer_ids", nargs=-1, required=True, metavar="ID...")
+@kind_option
+@client_options
+def transfer_cancel(transfer_ids: tuple[str, ...], kind: str | None) -> int:
+    """Cancel transfers (refused once they ended)."""
+    client = _settings().client
+    records = [client.cancel_transfer(transfer_id, kind) for transfer_id in transfer_ids]
+    if _settings().as_json:
+        emit_json(records[0] if len(records) == 1 else records)
+    else:
+        for record in records:
+            click.echo(f"cancel requested for transfer {record['id']} ({record.get('state')})")
+    return EXIT_OK
+
+
+@transfer.command("wait")
+@click.argument("transfer_ids", nargs=-1, required=True, metavar="ID...")
+@kind_option
+@click.option("--timeout", type=float, help="Seconds to wait at most (exit 4 then).")
+@click.option("--poll", type=float, default=0.5, show_default=True)
+@client_options
+def transfer_wait(transfer_ids: tuple[str, ...], kind: str | None, timeout: float | None, poll: float) -> int:
+    """Wait for transfers with progress bars; exit 0 only if every one completed."""
+    client = _settings().client
+    return _wait_transfers([client.get_transfer(transfer_id, kind) for transfer_id in transfer_ids], timeout, poll)
+
+
+# -- entry point -----------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "serve":
-        from hpc.api.run import main as serve
+    """Runs the command; returns its exit code (see the module's docstring)."""
+    from hpc.client import ClientError
 
-        return serve(argv[1:])
-    parser = argparse.ArgumentParser(prog="hpc-gateway")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gateway (see 'hpc-gateway serve --help')")
-    token = sub.add_parser("token", help="make a new API token and the hash to configure")
-    token.add_argument("name")
-    token.add_argument("--role", choices=("admin", "user"), default="user")
-    args = parser.parse_args(argv)
-    if args.command == "token":
-        secret = new_token()
-        print(f"token: {secret}")
-        print(f"configure: {{name: {args.name}, role: {args.role}, hash: '{hash_token(secret)}'}}")
-        print(f"or in the environment: HPC_TOKENS={args.name}:{args.role}:{hash_token(secret)}")
-        return 0
-    return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = cli.main(argv, prog_name="hpc-gateway", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("hpc-gateway: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except ClientError as exc:
+        from hpc.client import ApiError
+
+        settings = _STATE.get("settings")
+        if isinstance(exc, ApiError) and settings is not None and settings.as_json:
+            emit_json(exc.problem or {"status": exc.status, "title": exc.title, "detail": exc.detail})
+        click.echo(f"hpc-gateway: {exc}", err=True)
+        return EXIT_API
+    except KeyboardInterrupt:
+        click.echo("hpc-gateway: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    if isinstance(result, int):
+        return result
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ import threading
 from hpc.config import Config
 from hpc.security import SecretBox
 from hpc.services.infrastructures import InfrastructureService
+from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
 from hpc.services.jobs import JobService
+from hpc.services.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from hpc.services.transfers import TransferService
 from hpc.ssh import SSHPool
 from hpc.store import Store, open_store
 
 log = logging.getLogger(__name__)
-
-TERMINAL_JOB_STATES = ("completed", "failed", "cancelled", "timeout", "unknown")
-TERMINAL_TRANSFER_STATES = ("completed", "failed", "cancelled")
 
 
 class Gateway:

@@ -1,0 +1,418 @@
+"""A typed Python client for the hpc-gateway REST API (one method per operation of ``openapi/openapi.yaml``).
+
+    from hpc.client import Client
+
+    client = Client()                       # $HPC_URL and $HPC_TOKEN, or Client(url, token)
+    job = client.submit_job("tb-slurm", script="echo hello", resources={"walltime": "00:05:00"})
+    job = client.wait_for_job(job["id"], timeout=600)
+    print(job["state"], job["exit_code"], client.job_output(job["id"])["data"])
+
+Records come back as the JSON dictionaries the gateway sent (typed in :mod:`hpc.client.records`).
+Errors are exceptions from :mod:`hpc.client.errors` carrying the gateway's problem+json document.
+
+Waiting follows the contract every client of the original API relies on: a job is done when its old
+``status`` field reads ``completed`` (whatever the outcome), a transfer when its ``status`` no longer reads
+``transferring``; the precise outcome is in ``state`` (with ``exit_code`` and ``reason`` for jobs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import requests
+
+from hpc import __version__
+from hpc.client import errors
+from hpc.client.records import (
+    JOB_FINAL_STATES,
+    Health,
+    InfrastructureSummary,
+    InfrastructureTelemetry,
+    JobOutput,
+    JobStatus,
+    Page,
+    TransferKind,
+    TransferStatus,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+#: Path prefix of each transfer kind's operations.
+TRANSFER_PATHS: dict[str, str] = {"http": "/data", "s3_data": "/s3_data", "s3_result": "/s3_result"}
+
+# Statuses a wait loop rides out (a gateway restarting behind a proxy, a cluster's hiccup) until its
+# deadline, instead of giving up on the first one.
+_TRANSIENT_STATUSES = frozenset({502, 503, 504})
+_MAX_TRANSIENT_FAILURES = 60
+
+
+def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that were given (None means "not given": the gateway applies its default)."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def job_done(job: Mapping[str, Any]) -> bool:
+    """Whether a job has ended, by the old contract: ``status == "completed"`` (any outcome)."""
+    return job.get("status") == "completed"
+
+
+def job_succeeded(job: Mapping[str, Any]) -> bool:
+    """Whether an ended job succeeded: ``state == "completed"`` (exit code 0)."""
+    return job.get("state", job.get("status")) == "completed"
+
+
+def transfer_done(transfer: Mapping[str, Any]) -> bool:
+    """Whether a transfer has ended, by the old contract: ``status != "transferring"``."""
+    return transfer.get("status") != "transferring"
+
+
+def transfer_succeeded(transfer: Mapping[str, Any]) -> bool:
+    """Whether an ended transfer delivered its bytes (and their checksum matched)."""
+    return transfer.get("state", transfer.get("status")) == "completed"
+
+
+class Client:
+    """One gateway, one token, one pooled HTTP session.
+
+    Args:
+        url: The gateway's base URL; default ``$HPC_URL``, else ``http://127.0.0.1:8080``.
+        token: The bearer token; default ``$HPC_TOKEN`` (none sent when empty: a gateway with
+            authentication off).
+        timeout: Seconds one HTTP request may take.
+        session: A ``requests.Session`` to use (for custom TLS settings, proxies or retries).
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 60.0,
+                 session: requests.Session | None = None):
+        self.url = (url or os.environ.get("HPC_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token if token is not None else os.environ.get("HPC_TOKEN", "")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers.setdefault("User-Agent", f"hpc-gateway-client/{__version__}")
+        self._transfer_kinds: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                json: Any = None) -> Any:
+        """Sends one request; returns the decoded JSON answer (None for 204).
+
+        Raises:
+            ApiError: The gateway answered with an error status (a subclass by status).
+            GatewayUnreachable: No answer at all.
+        """
+        url = f"{self.url}{path}"
+        headers = {"Accept": "application/json, application/problem+json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = self.session.request(method, url, params=_clean(params or {}), json=json,
+                                            headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise errors.GatewayUnreachable(self.url, exc) from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+                if not isinstance(problem, dict):
+                    problem = {"detail": str(problem)}
+            except ValueError:
+                problem = {"title": response.reason or "", "detail": response.text[:500].strip()}
+            raise errors.api_error(response.status_code, problem, method, url)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params)
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """GET /health: liveness (no token needed)."""
+        return self._get("/health")
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats: SSH and job-tracker counters of the answering process (admin)."""
+        return self._get("/stats")
+
+    def services(self) -> list[str]:
+        """GET /services: the SERRANO service names a job may request."""
+        return [entry["name"] for entry in self._get("/services")]
+
+    # -- infrastructures ---------------------------------------------------------------------------
+
+    def list_infrastructures(self) -> list[InfrastructureSummary]:
+        """GET /infrastructure: every registered infrastructure."""
+        return self._get("/infrastructure")
+
+    def get_infrastructure(self, name: str) -> InfrastructureSummary:
+        """GET /infrastructure/{name}."""
+        return self._get(f"/infrastructure/{_segment(name)}")
+
+    def create_infrastructure(self, name: str, host: str, username: str, hostname: str, scheduler: str,
+                              ssh_key: Mapping[str, Any], *, port: int | None = None,
+                              host_key: str | None = None, settings: Mapping[str, Any] | None = None,
+                              **extra: Any) -> InfrastructureSummary:
+        """POST /infrastructure: registers a cluster (admin). The gateway logs in before it answers.
+
+        Args:
+            name: The name jobs and transfers refer to.
+            host: Address used for SSH; ``port`` defaults to 22.
+            username: The login user on the cluster.
+            hostname: The cluster's own name.
+            scheduler: ``slurm`` or ``pbs``.
+            ssh_key: ``{"type": "ssh-ed25519", "path": "key file in the gateway's key dir",
+                "password": "passphrase"}``, or ``{"type": ..., "private_key": "-----BEGIN ..."}``.
+            host_key: The host's public key (``ssh-ed25519 AAAA...``) to pin; otherwise the gateway's
+                known_hosts decides.
+            settings: Site settings (``job_root``, ``allowed_roots``, ``setup_lines``,
+                ``mpi_launcher``, ``serrano_resources``, ``min_watch_period``).
+            extra: Further fields, passed as they are (for fields newer than this client).
+        """
+        body = _clean({"name": name, "host": host, "username": username, "hostname": hostname,
+                       "scheduler": scheduler, "ssh_key": dict(ssh_key), "port": port, "host_key": host_key,
+                       "settings": dict(settings) if settings is not None else None, **extra})
+        return self.request("POST", "/infrastructure", json=body)
+
+    def delete_infrastructure(self, name: str) -> None:
+        """DELETE /infrastructure/{name} (admin); 409 while it has active jobs or transfers."""
+        self.request("DELETE", f"/infrastructure/{_segment(name)}")
+
+    def telemetry(self, name: str) -> InfrastructureTelemetry:
+        """GET /infrastructure/{name}/telemetry: partitions, nodes, CPUs, job counts, read now."""
+        return self._get(f"/infrastructure/{_segment(name)}/telemetry")
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def submit_job(self, infrastructure: str, *, services: Sequence[str] | None = None,
+                   params: Mapping[str, Any] | None = None, script: str | None = None,
+                   command: Sequence[str] | None = None, resources: Mapping[str, Any] | None = None,
+                   name: str | None = None, workdir: str | None = None, env: Mapping[str, str] | None = None,
+                   watch_period: float | None = None, **extra: Any) -> JobStatus:
+        """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
+
+        Give exactly one of ``services`` (SERRANO services, with ``params`` holding at least
+        ``read_input_data``), ``script`` (a bash script) or ``command`` (argv, each element one word).
+        ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
+        (``[D-]HH:MM:SS``), ``partition``, ``account``.
+        """
+        body = _clean({
+            "infrastructure": infrastructure,
+            "services": list(services) if services is not None else None,
+            "params": dict(params) if params is not None else None,
+            "script": script,
+            "command": list(command) if command is not None else None,
+            "resources": dict(resources) if resources is not None else None,
+            "name": name, "workdir": workdir,
+            "env": dict(env) if env is not None else None,
+            "watch_period": watch_period, **extra,
+        })
+        return self.request("POST", "/job", json=body)
+
+    def get_job(self, job_id: str) -> JobStatus:
+        """GET /job/{id}."""
+        return self._get(f"/job/{_segment(job_id)}")
+
+    def list_jobs(self, *, infrastructure: str | None = None, state: str | None = None,
+                  since: str | None = None, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /job: a page of jobs, newest first (``since`` is ISO 8601 with a time zone)."""
+        return self._get("/job", infrastructure=infrastructure, state=state, since=since, limit=limit,
+                         offset=offset)
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        """DELETE /job/{id}: asks the scheduler to cancel; 409 once the job has ended."""
+        return self.request("DELETE", f"/job/{_segment(job_id)}")
+
+    def job_output(self, job_id: str, stream: str = "stdout", offset: int = 0,
+                   length: int | None = None) -> JobOutput:
+        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr."""
+        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length)
+
+    def follow_job_output(self, job_id: str, stream: str = "stdout", offset: int = 0, poll: float = 1.0,
+                          timeout: float | None = None) -> Iterator[str]:
+        """Yields the job's output as it grows, until the job has ended and everything was read.
+
+        Raises:
+            WaitTimeout: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended_before = False
+        while True:
+            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024)
+            if chunk.get("data"):
+                yield chunk["data"]
+            offset = chunk.get("next_offset", offset + len(chunk.get("data", "").encode()))
+            if not chunk.get("eof"):
+                continue  # more is there already
+            if ended_before:
+                return
+            # One more read after the job was seen ended: the last lines may land a moment late.
+            ended_before = chunk.get("job_state") in JOB_FINAL_STATES
+            if not ended_before:
+                _sleep(poll, deadline, f"output of job {job_id}", timeout, lambda: self.get_job(job_id))
+
+    def wait_for_job(self, job_id: str | Mapping[str, Any], *, timeout: float | None = None,
+                     poll: float = 1.0, on_update: Callable[[JobStatus], None] | None = None,
+                     until: Callable[[JobStatus], bool] = job_done) -> JobStatus:
+        """Polls a job until its ``status`` reads ``completed``; returns the last record.
+
+        Check ``state`` (``completed``, ``failed``, ``cancelled``, ``timeout``), ``exit_code`` and
+        ``reason`` for the outcome; :func:`job_succeeded` does.
+
+        Args:
+            job_id: The id, or a record with an ``id``.
+            timeout: Seconds to wait at most (None: no limit).
+            poll: Seconds between polls.
+            on_update: Called with every record read (for a progress display).
+            until: What to wait for instead of the end, e.g. ``lambda j: j["state"] == "running"``.
+
+        Raises:
+            WaitTimeout: The job had not ended in time (``.last`` is the last record).
+        """
+        job_id = _id_of(job_id)
+        return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update)
+
+    # -- transfers ---------------------------------------------------------------------------------
+
+    def create_http_transfer(self, src: str, dst: str, infrastructure: str) -> TransferStatus:
+        """POST /data: copies an http(s) URL to ``dst`` on the cluster (relative to the home directory)."""
+        record = self.request("POST", "/data", json={"src": src, "dst": dst, "infrastructure": infrastructure})
+        return self._remember(record, "http")
+
+    def create_s3_data_transfer(self, *, endpoint: str, bucket: str, object: str, dst: str,
+                                infrastructure: str, access_key: str, secret_key: str,
+                                region: str = "local") -> TransferStatus:
+        """POST /s3_data: copies an S3 object to ``dst`` on the cluster."""
+        body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
+                "access_key": access_key, "secret_key": secret_key, "dst": dst, "infrastructure": infrastructure}
+        return self._remember(self.request("POST", "/s3_data", json=body), "s3_data")
+
+    def create_s3_result_transfer(self, *, endpoint: str, bucket: str, object: str, src: str,
+                                  infrastructure: str, access_key: str, secret_key: str,
+                                  region: str = "local") -> TransferStatus:
+        """POST /s3_result: copies ``src`` on the cluster to an S3 object."""
+        body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
+                "access_key": access_key, "secret_key": secret_key, "src": src, "infrastructure": infrastructure}
+        return self._remember(self.request("POST", "/s3_result", json=body), "s3_result")
+
+    def get_transfer(self, transfer_id: str, kind: TransferKind | None = None) -> TransferStatus:
+        """GET /data/{id}, /s3_data/{id} or /s3_result/{id}; the record gets a ``kind`` field.
+
+        Without ``kind`` the client finds it (a transfer it created, else by asking each path).
+        """
+        return self._transfer_call("GET", transfer_id, kind)
+
+    def cancel_transfer(self, transfer_id: str, kind: TransferKind | None = None) -> TransferStatus:
+        """DELETE on the transfer's path: stops it; 409 once it has ended."""
+        return self._transfer_call("DELETE", transfer_id, kind)
+
+    def list_transfers(self, *, infrastructure: str | None = None, kind: str | None = None,
+                       state: str | None = None, since: str | None = None, limit: int | None = None,
+                       offset: int | None = None) -> Page:
+        """GET /transfer: a page of transfers of every kind, newest first."""
+        page = self._get("/transfer", infrastructure=infrastructure, kind=kind, state=state, since=since,
+                         limit=limit, offset=offset)
+        for item in page.get("items", []):
+            if item.get("id") and item.get("kind"):
+                self._transfer_kinds[item["id"]] = item["kind"]
+        return page
+
+    def wait_for_transfer(self, transfer_id: str | Mapping[str, Any], kind: TransferKind | None = None, *,
+                          timeout: float | None = None, poll: float = 1.0,
+                          on_update: Callable[[TransferStatus], None] | None = None) -> TransferStatus:
+        """Polls a transfer until its ``status`` is no longer ``transferring``; returns the last record.
+
+        ``state`` tells the outcome (``completed``, ``failed``, ``cancelled``) and ``reason`` why;
+        ``bytes_done``, ``bytes_total``, ``rate`` and ``eta`` show progress in every record passed to
+        ``on_update``.
+
+        Raises:
+            WaitTimeout: The transfer had not ended in time (``.last`` is the last record).
+        """
+        if isinstance(transfer_id, Mapping):
+            kind = kind or transfer_id.get("kind")
+        transfer_id = _id_of(transfer_id)
+        return self._wait(lambda: self.get_transfer(transfer_id, kind), transfer_done, f"transfer {transfer_id}",
+                          timeout, poll, on_update)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _remember(self, record: dict[str, Any], kind: str) -> dict[str, Any]:
+        record.setdefault("kind", kind)
+        self._transfer_kinds[record["id"]] = kind
+        return record
+
+    def _transfer_call(self, method: str, transfer_id: str, kind: str | None) -> TransferStatus:
+        kind = kind or self._transfer_kinds.get(transfer_id)
+        kinds = [kind] if kind else list(TRANSFER_PATHS)
+        not_found: errors.NotFound | None = None
+        for candidate in kinds:
+            if candidate not in TRANSFER_PATHS:
+                raise ValueError(f"kind must be one of {sorted(TRANSFER_PATHS)}, not {candidate!r}")
+            try:
+                record = self.request(method, f"{TRANSFER_PATHS[candidate]}/{_segment(transfer_id)}")
+            except errors.NotFound as exc:
+                not_found = exc
+                continue
+            return self._remember(record, candidate)
+        assert not_found is not None
+        raise not_found
+
+    def _wait(self, read: Callable[[], dict], done: Callable[[dict], bool], what: str, timeout: float | None,
+              poll: float, on_update: Callable[[dict], None] | None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        failures = 0
+        while True:
+            try:
+                record = read()
+            except (errors.GatewayUnreachable, errors.ServerError) as exc:
+                # Ridden out for a while once the record was seen: a gateway restart or a proxy's 502
+                # must not abort a wait of hours. An error on the first read is the caller's to see.
+                transient = isinstance(exc, errors.GatewayUnreachable) or exc.status in _TRANSIENT_STATUSES
+                failures += 1
+                if not last or not transient or failures > _MAX_TRANSIENT_FAILURES:
+                    raise
+            else:
+                failures = 0
+                last = record
+                if on_update is not None:
+                    on_update(record)
+                if done(record):
+                    return record
+            _sleep(poll, deadline, what, timeout, lambda: last)
+
+
+def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None,
+           last: Callable[[], dict]) -> None:
+    """Sleeps ``poll`` seconds, or raises WaitTimeout when the deadline has passed."""
+    if deadline is None:
+        time.sleep(poll)
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise errors.WaitTimeout(what, timeout or 0, last())
+    time.sleep(min(poll, left))
+
+
+def _id_of(value: str | Mapping[str, Any]) -> str:
+    return str(value["id"]) if isinstance(value, Mapping) else str(value)
+
+
+def _segment(value: str) -> str:
+    """One path segment, percent-encoded (a name with ``/`` must not address another path)."""
+    return requests.utils.quote(str(value), safe="")

@@ -1,0 +1,124 @@
+"""The records the gateway answers with, as typed dictionaries (``openapi/openapi.yaml`` has every field).
+
+They are plain ``dict`` objects at run time (what ``response.json()`` gives), so they print, compare and
+serialise as JSON without conversion; the types only tell an editor and a type checker what is there.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypedDict
+
+JobStatusCode = Literal["queued", "running", "completed"]
+JobState = Literal["submitting", "queued", "running", "completed", "failed", "cancelled", "timeout", "unknown"]
+TransferKind = Literal["http", "s3_data", "s3_result"]
+TransferStatusCode = Literal["transferring", "completed", "failure"]
+TransferState = Literal["queued", "transferring", "verifying", "completed", "failed", "cancelled"]
+
+#: Job states after which nothing changes any more.
+JOB_FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timeout"})
+#: Transfer states after which nothing changes any more.
+TRANSFER_FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+class Health(TypedDict, total=False):
+    status: str
+    version: str
+    auth: bool
+    database: str
+
+
+class InfrastructureSummary(TypedDict, total=False):
+    name: str
+    host: str
+    hostname: str
+    scheduler: Literal["slurm", "pbs"]
+    port: int
+    username: str
+    host_key_fingerprint: str
+    settings: dict
+    created_at: str
+
+
+class Partition(TypedDict):
+    name: str
+    total_nodes: int
+    avail_nodes: int
+    total_cpus: int
+    avail_cpus: int
+    running_jobs: int
+    queued_jobs: int
+
+
+class InfrastructureTelemetry(TypedDict, total=False):
+    name: str
+    host: str
+    hostname: str
+    scheduler: str
+    partitions: list[Partition]
+    collected_at: str
+
+
+class JobStatus(TypedDict, total=False):
+    id: str
+    scheduler_id: str
+    infrastructure: str
+    status: JobStatusCode
+    state: JobState
+    native_state: str | None
+    reason: str | None
+    exit_code: int | None
+    name: str
+    kind: Literal["serrano", "script", "command"]
+    services: list[str]
+    watch_period: float
+    cancel_requested: bool
+    created_at: str
+    submitted_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    updated_at: str
+
+
+class JobOutput(TypedDict, total=False):
+    stream: Literal["stdout", "stderr"]
+    offset: int
+    next_offset: int
+    size: int
+    data: str
+    eof: bool
+    job_state: JobState
+
+
+class TransferStatus(TypedDict, total=False):
+    """Any transfer: ``kind`` is set in listings; the per-kind GETs leave it out."""
+
+    id: str
+    kind: TransferKind
+    infrastructure: str
+    status: TransferStatusCode
+    state: TransferState
+    reason: str
+    src: str
+    dst: str
+    endpoint: str
+    bucket: str
+    object: str
+    region: str
+    bytes_done: int
+    bytes_total: int | None
+    percent: float | None
+    rate: float | None
+    eta: float | None
+    sha256: str | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    updated_at: str
+
+
+class Page(TypedDict):
+    items: list
+    total: int
+    limit: int
+    offset: int
