@@ -207,6 +207,38 @@ class TransferRepository(_Repository):
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
 
+    def cancel_unstarted(self, transfer_id: str, reason: str) -> bool:
+        """Ends a transfer no worker ever started (nothing to clean up); True if it was such a one."""
+        c = self.table.c
+        now = utcnow()
+        statement = (
+            self.table.update()
+            .where(c.id == transfer_id, c.state == "queued", c.started_at.is_(None),
+                   sa.or_(c.lease_owner.is_(None), c.lease_until < now))
+            .values(state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now,
+                    updated_at=now)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def release_leases(self, owner: str) -> int:
+        """Drops every lease held by ``owner`` or its workers (``owner/<n>``): a replica restarting
+        under a stable instance id holds nothing any more."""
+        c = self.table.c
+        held = sa.or_(c.lease_owner == owner, c.lease_owner.startswith(f"{owner}/", autoescape=True))
+        with self.engine.begin() as conn:
+            return conn.execute(
+                self.table.update().where(held).values(lease_owner=None, lease_until=None)
+            ).rowcount
+
+    def lease_owners(self, terminal: Iterable[str]) -> list[str]:
+        """Who holds leases on unfinished transfers (expired or not)."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(c.lease_owner).where(c.state.not_in(list(terminal)), c.lease_owner.is_not(None)).distinct()
+            ).scalars())
+
     def page(
         self,
         *,

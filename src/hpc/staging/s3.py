@@ -1,0 +1,350 @@
+"""S3: objects as sources (one streamed GET, resumed with a ranged GET) and as targets (multipart).
+
+Choices measured in ``shared/PERFORMANCE-NOTES.md``: a single ``get_object`` stream reads at ~790 MB/s
+where boto3's ranged, parallel ``download_file`` reads at 50 MB/s on moto (each ranged GET costs moto
+the whole object), so a download is one stream and a range is used only to resume. Uploads above one
+part go multipart, several parts in flight.
+
+Integrity: every part is sent with its Content-MD5 (S3 rejects a part that arrives different) and its
+SHA-256 checksum; after completion the object's size and its SHA-256 checksum (or, where the server
+keeps no checksums, as moto does, its MD5-based ETag) are compared with what was sent.
+
+Connections to the endpoint are address-checked like HTTP sources (see :mod:`hpc.staging.addresses`):
+the client's urllib3 pool classes are replaced by guarded ones, so botocore never connects to an
+address the policy refuses. Addressing is path-style, so the bucket name never becomes a host name
+that escapes the check. botocore's own loggers are kept at INFO or above: at DEBUG they print request
+headers, which carry the access key id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import boto3
+import botocore.awsrequest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+
+from hpc import __version__
+from hpc.staging.addresses import AddressPolicy, check_url, default_port
+from hpc.staging.errors import (
+    SinkError,
+    SourceChanged,
+    SourceError,
+    StagingError,
+    UnsafeAddress,
+    VerificationFailed,
+)
+from hpc.staging.http import guarded_pool_classes
+from hpc.staging.sources import CHUNK
+
+for _name in ("botocore", "boto3", "s3transfer"):
+    # Set, not inherited: the root logger may be lowered to DEBUG after this import.
+    if logging.getLogger(_name).level < logging.INFO:
+        logging.getLogger(_name).setLevel(logging.INFO)
+
+_ACCESS_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "AllAccessDisabled", "AccountProblem", "InvalidSecurity", "403",
+})
+_RETRY_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
+    "500", "502", "503", "504",
+})
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def endpoint_url(endpoint: str) -> str:
+    """The endpoint as a URL; ``host:port`` without a scheme means https (as the MinIO client assumes)."""
+    return check_url(endpoint, default_scheme="https").geturl()
+
+
+def make_client(endpoint: str, access_key: str, secret_key: str, region: str | None, policy: AddressPolicy,
+                pool_size: int = 10, connect_timeout: float = 10.0, read_timeout: float = 60.0):
+    """A boto3 S3 client for a user-given endpoint whose connections are address-checked.
+
+    Raises:
+        UnsafeAddress: The endpoint resolves to a refused address.
+        SourceError: The endpoint is malformed or does not resolve.
+    """
+    try:
+        parts = check_url(endpoint, default_scheme="https")
+    except ValueError as exc:
+        raise SourceError(f"S3 endpoint: {exc}") from None
+    policy.resolve(parts.hostname, default_port(parts))  # fail before the first request
+    config = BotoConfig(
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=pool_size,
+        # The checksums are computed here (SHA-256, MD5), not by botocore's default CRC32.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra=f"hpc-gateway/{__version__}",
+    )
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=parts.geturl(),
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region or "us-east-1",
+        config=config,
+    )
+    classes = guarded_pool_classes(
+        policy,
+        botocore.awsrequest.AWSHTTPConnection,
+        botocore.awsrequest.AWSHTTPSConnection,
+        botocore.awsrequest.AWSHTTPConnectionPool,
+        botocore.awsrequest.AWSHTTPSConnectionPool,
+    )
+    session = client._endpoint.http_session
+    session._pool_classes_by_scheme = classes
+    session._manager.pool_classes_by_scheme = classes
+    return client
+
+
+def s3_failure(exc: BaseException, bucket: str, key: str, action: str, error=SourceError) -> StagingError:
+    """The staging error for a boto3 exception, naming what failed in words (never a key)."""
+    if isinstance(exc, StagingError):
+        return exc
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), UnsafeAddress):
+        return exc.kwargs["error"]
+    if isinstance(exc, ClientError):
+        info = exc.response.get("Error", {})
+        code = str(info.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _ACCESS_CODES:
+            return error(f"access denied ({code}) {action} s3://{bucket}/{key}")
+        if code == "NoSuchBucket":
+            return error(f"bucket {bucket!r} does not exist")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return error(f"object {key!r} does not exist in bucket {bucket!r}")
+        if code in ("PreconditionFailed", "412", "InvalidRange", "416"):
+            return SourceChanged(f"s3://{bucket}/{key} changed while it was being read")
+        message = str(info.get("Message") or "")[:200]
+        return error(f"S3 error {code} {action} s3://{bucket}/{key}: {message}".rstrip(": "),
+                     retryable=code in _RETRY_CODES)
+    if isinstance(exc, (BotoCoreError, OSError)):
+        return error(f"S3 endpoint failed {action} s3://{bucket}/{key}: {str(exc)[:200]}", retryable=True)
+    return error(f"{action} s3://{bucket}/{key} failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+class _S3Stream:
+    def __init__(self, body, start: int, total: int, validator: dict[str, Any], bucket: str, key: str):
+        self._body = body
+        self.start = start
+        self.total = total
+        self.validator = validator
+        self._bucket = bucket
+        self._key = key
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            while True:
+                data = self._body.read(CHUNK)
+                if not data:
+                    return
+                yield data
+        except Exception as exc:  # botocore raises several unrelated classes mid-stream
+            raise s3_failure(exc, self._bucket, self._key, "reading") from None
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        except Exception:  # closing a broken stream must not hide the original fault
+            pass
+
+
+class S3Source:
+    """An S3 object, read in one stream from an offset."""
+
+    def __init__(self, client, bucket: str, key: str):
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self.description = f"s3://{bucket}/{key}"
+
+    def open(self, offset: int, validator: dict[str, Any] | None) -> _S3Stream:
+        validator = validator or {}
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if offset > 0:
+            request["Range"] = f"bytes={offset}-"
+            if validator.get("etag"):
+                request["IfMatch"] = validator["etag"]
+        try:
+            response = self._client.get_object(**request)
+        except Exception as exc:
+            raise s3_failure(exc, self.bucket, self.key, "reading") from None
+        if offset > 0:
+            match = _CONTENT_RANGE.match(response.get("ContentRange", ""))
+            if not match or int(match.group(1)) != offset:
+                response["Body"].close()
+                raise SourceChanged(f"{self.description} answered a ranged read with {response.get('ContentRange')!r}")
+            total = int(match.group(3))
+        else:
+            total = int(response["ContentLength"])
+        found = {"etag": response.get("ETag"), "size": total}
+        if validator.get("size") is not None and validator["size"] != total:
+            response["Body"].close()
+            raise SourceChanged(f"{self.description} changed size from {validator['size']} to {total} bytes")
+        return _S3Stream(response["Body"], offset, total, found if offset == 0 else validator, self.bucket, self.key)
+
+
+@dataclass
+class PartDigest:
+    """What was sent as one part (or one whole object): its size and digests."""
+
+    number: int
+    size: int
+    md5: str  # hex
+    sha256: str  # base64, as S3 checksums are written
+
+    @classmethod
+    def of(cls, number: int, data: bytes) -> "PartDigest":
+        return cls(number, len(data), hashlib.md5(data).hexdigest(),
+                   base64.b64encode(hashlib.sha256(data).digest()).decode())
+
+    @classmethod
+    def of_stream(cls, number: int, body) -> "PartDigest":
+        """Digests of a readable, seekable body (read to its end, then rewound)."""
+        md5, sha, size = hashlib.md5(), hashlib.sha256(), 0
+        body.seek(0)
+        while chunk := body.read(CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+        body.seek(0)
+        return cls(number, size, md5.hexdigest(), base64.b64encode(sha.digest()).decode())
+
+
+def expected_etag(parts: list[PartDigest], multipart: bool) -> str:
+    """The MD5-based ETag S3 gives an unencrypted object made of ``parts``."""
+    if not multipart:
+        return parts[0].md5
+    joined = b"".join(bytes.fromhex(p.md5) for p in parts)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(parts)}"
+
+
+def expected_checksum(parts: list[PartDigest], multipart: bool) -> str:
+    """The SHA-256 checksum S3 reports: the object's, or for multipart the checksum of the part checksums."""
+    if not multipart:
+        return parts[0].sha256
+    joined = b"".join(base64.b64decode(p.sha256) for p in parts)
+    return base64.b64encode(hashlib.sha256(joined).digest()).decode()
+
+
+class S3Target:
+    """An object to write, whole or in parts."""
+
+    def __init__(self, client, bucket: str, key: str):
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self.description = f"s3://{bucket}/{key}"
+
+    def _fail(self, exc: BaseException, action: str) -> StagingError:
+        return s3_failure(exc, self.bucket, self.key, action, error=SinkError)
+
+    def put(self, data: bytes) -> PartDigest:
+        digest = PartDigest.of(1, data)
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=data,
+                ContentMD5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
+                ChecksumSHA256=digest.sha256,
+            )
+        except Exception as exc:
+            raise self._fail(exc, "writing") from None
+        return digest
+
+    def start_multipart(self) -> str:
+        try:
+            return self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
+            )["UploadId"]
+        except Exception as exc:
+            raise self._fail(exc, "starting a multipart upload to") from None
+
+    def upload_part(self, upload_id: str, number: int, body, digest: PartDigest) -> str:
+        """Sends one part from a seekable file-like ``body`` (no copy of the part in memory); its ETag."""
+        body.seek(0)
+        try:
+            response = self._client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body,
+                ContentMD5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
+                ChecksumSHA256=digest.sha256,
+            )
+        except Exception as exc:
+            raise self._fail(exc, f"uploading part {number} of") from None
+        return response["ETag"]
+
+    def uploaded_parts(self, upload_id: str) -> set[int] | None:
+        """Part numbers the server holds for ``upload_id``; None when the upload no longer exists."""
+        numbers: set[int] = set()
+        marker = 0
+        try:
+            while True:
+                response = self._client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id,
+                                                   PartNumberMarker=marker)
+                numbers.update(p["PartNumber"] for p in response.get("Parts", []))
+                if not response.get("IsTruncated"):
+                    return numbers
+                marker = response["NextPartNumberMarker"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+                return None
+            raise self._fail(exc, "listing the parts of") from None
+        except Exception as exc:
+            raise self._fail(exc, "listing the parts of") from None
+
+    def complete(self, upload_id: str, parts: list[tuple[PartDigest, str]]) -> None:
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id,
+                MultipartUpload={"Parts": [
+                    {"PartNumber": d.number, "ETag": etag, "ChecksumSHA256": d.sha256} for d, etag in parts
+                ]},
+            )
+        except Exception as exc:
+            raise self._fail(exc, "completing the multipart upload of") from None
+
+    def abort(self, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise self._fail(exc, "aborting the multipart upload of") from None
+        except Exception as exc:
+            raise self._fail(exc, "aborting the multipart upload of") from None
+
+    def verify(self, parts: list[PartDigest], multipart: bool) -> None:
+        """Checks the stored object's size and checksum (or MD5 ETag) against what was sent.
+
+        Raises:
+            VerificationFailed (as SinkError): They differ, or the server offers neither to compare.
+        """
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED")
+        except Exception as exc:
+            raise self._fail(exc, "checking") from None
+        size = sum(p.size for p in parts)
+        if int(head["ContentLength"]) != size:
+            raise VerificationFailed(f"{self.description} holds {head['ContentLength']} bytes, {size} were sent")
+        checksum = head.get("ChecksumSHA256")
+        if checksum:
+            if checksum.split("-", 1)[0] != expected_checksum(parts, multipart):
+                raise VerificationFailed(f"the SHA-256 checksum of {self.description} differs from what was sent")
+            return
+        etag = (head.get("ETag") or "").strip('"')
+        if _MD5_ETAG.match(etag):
+            if etag != expected_etag(parts, multipart):
+                raise VerificationFailed(f"the ETag of {self.description} differs from what was sent")
+            return
+        raise VerificationFailed(f"{self.description} offers neither a SHA-256 checksum nor an MD5 ETag to verify")
