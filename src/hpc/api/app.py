@@ -52,7 +52,8 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
         log.warning("=" * 72)
     app = connexion.FlaskApp(__name__, swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
     app.add_api(load_spec(config.auth_enabled), swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
-                validate_responses=False, strict_validation=False, base_path="")
+                validate_responses=False, strict_validation=False, base_path="",
+                validator_map={"parameter": problems.NamedParameterValidator})
     app.add_error_handler(errors.DomainError, problems.domain_error)
     app.add_error_handler(BadRequestProblem, problems.bad_request)
     app.add_error_handler(ProblemException, problems.connexion_problem)

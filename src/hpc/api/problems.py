@@ -8,6 +8,7 @@ import re
 
 from connexion.exceptions import BadRequestProblem, ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.validators import ParameterValidator
 
 from hpc import errors
 
@@ -72,3 +73,18 @@ def internal_error(_request: ConnexionRequest, exc: Exception) -> ConnexionRespo
     # The traceback goes to the log only; the client gets no internals.
     log.error("unhandled error", exc_info=exc)
     return problem(500, "Internal Server Error", "the gateway failed unexpectedly; the log has the details")
+
+
+class NamedParameterValidator(ParameterValidator):
+    """Connexion's parameter check, its message cut to one line that names the parameter.
+
+    Connexion passes jsonschema's whole multi-line report (schema dump included) and never the
+    parameter's name; this keeps the first line and appends ``- 'name'`` as body errors have it.
+    """
+
+    @staticmethod
+    def validate_parameter(parameter_type, value, param, param_name=None):
+        error = ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        if not error:
+            return error
+        return f"{parameter_type} parameter: {error.splitlines()[0]} - '{param['name']}'"

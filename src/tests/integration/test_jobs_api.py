@@ -178,7 +178,9 @@ def test_bad_job_requests_are_400_naming_the_field(registered, body, field):
 
 def test_unknown_job_ids(registered):
     assert registered.get(f"/job/{uuid.uuid4()}", token="user").status_code == 404
-    assert registered.get("/job/not-a-uuid", token="user").status_code == 400
+    malformed = registered.get("/job/not-a-uuid", token="user")
+    assert malformed.status_code == 400
+    assert malformed.json()["field"] == "job_id"
     assert registered.delete(f"/job/{uuid.uuid4()}", token="user").status_code == 404
 
 
@@ -197,7 +199,10 @@ def test_ownership_and_listing(registered):
     assert (page["total"], len(page["items"]), page["items"][0]["id"]) == (2, 1, mine["id"])
     future = registered.get("/job", params={"since": "2999-01-01T00:00:00Z"}, token="admin").json()
     assert future["total"] == 0
-    assert registered.get("/job", params={"since": "yesterday"}, token="admin").status_code == 400
+    bad_since = registered.get("/job", params={"since": "yesterday"}, token="admin")
+    assert bad_since.status_code == 400
+    assert bad_since.json()["field"] == "since"
+    assert "\n" not in bad_since.json()["detail"]
     wait_job(registered, mine["id"])
     assert registered.get("/job", params={"state": "completed"}, token="user").json()["total"] == 1
 
