@@ -440,14 +440,13 @@ def _job_outcome(jobs: list[Mapping[str, Any]]) -> int:
     return EXIT_OK if all(job_succeeded(j) for j in jobs) else EXIT_FAILED
 
 
-def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float) -> int:
-    """Waits with live state lines; prints the outcome; returns the exit code."""
+def _wait(records: list[Mapping[str, Any]], timeout: float | None, poll: float, watch, line, outcome) -> int:
+    """Waits with the live display ``watch``; prints the final records; returns the exit code."""
     from hpc.client import WaitTimeout
-    from hpc.client.display import job_line, watch_jobs
 
     as_json = _settings().as_json
     try:
-        final = watch_jobs(_settings().client, jobs, timeout=timeout, poll=poll, **_display_options())
+        final = watch(_settings().client, records, timeout=timeout, poll=poll, **_display_options())
     except WaitTimeout as exc:
         if as_json:
             emit_json(exc.last)
@@ -457,8 +456,15 @@ def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float
         emit_json(final[0] if len(final) == 1 else final)
     elif not _drawn_on_stdout():
         for record in final:
-            click.echo(job_line(record))
-    return _job_outcome(final)
+            click.echo(line(record))
+    return outcome(final)
+
+
+def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float) -> int:
+    """Waits with live state lines; prints the outcome; returns the exit code."""
+    from hpc.client.display import job_line, watch_jobs
+
+    return _wait(jobs, timeout, poll, watch_jobs, job_line, _job_outcome)
 
 
 @job.command("submit", context_settings={"allow_interspersed_args": False})
@@ -717,23 +723,9 @@ def _transfer_outcome(records: list[Mapping[str, Any]]) -> int:
 
 
 def _wait_transfers(records: list[Mapping[str, Any]], timeout: float | None, poll: float) -> int:
-    from hpc.client import WaitTimeout
     from hpc.client.display import transfer_line, watch_transfers
 
-    as_json = _settings().as_json
-    try:
-        final = watch_transfers(_settings().client, records, timeout=timeout, poll=poll, **_display_options())
-    except WaitTimeout as exc:
-        if as_json:
-            emit_json(exc.last)
-        click.echo(f"hpc-gateway: {exc}", err=True)
-        return EXIT_TIMEOUT
-    if as_json:
-        emit_json(final[0] if len(final) == 1 else final)
-    elif not _drawn_on_stdout():
-        for record in final:
-            click.echo(transfer_line(record))
-    return _transfer_outcome(final)
+    return _wait(records, timeout, poll, watch_transfers, transfer_line, _transfer_outcome)
 
 
 def _started(record: Mapping[str, Any], wait: bool, timeout: float | None, poll: float) -> int:

@@ -58,6 +58,26 @@ class _Repository:
         with self.engine.begin() as conn:
             return conn.execute(self.table.delete().where(self._key == key)).rowcount == 1
 
+    def count_active(self, infrastructure: str, terminal: Iterable[str]) -> int:
+        """Rows of an infrastructure not yet in a terminal state."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
+            ).scalar_one()
+
+    def page(self, *, owner: str | None, since: datetime | None, limit: int, offset: int,
+             **equal: str | None) -> tuple[list[dict[str, Any]], int]:
+        """Newest first: rows of ``owner`` (None: everyone's) created since ``since``, where each given
+        column of ``equal`` has that value (None or empty: no condition); and the total count."""
+        c = self.table.c
+        conditions = [c[name] == value for name, value in equal.items() if value]
+        if owner is not None:
+            conditions.append(c.owner == owner)
+        if since:
+            conditions.append(c.created_at >= since)
+        return self._page(conditions, limit, offset, c.created_at.desc())
+
     def _page(self, conditions: list, limit: int, offset: int, order) -> tuple[list[dict], int]:
         with self.engine.connect() as conn:
             total = conn.execute(
@@ -100,13 +120,6 @@ class InfrastructureRepository(_Repository):
 class JobRepository(_Repository):
     table = tables.jobs
 
-    def count_active(self, infrastructure: str, terminal: Iterable[str]) -> int:
-        c = self.table.c
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
-            ).scalar_one()
-
     def active(self, infrastructure: str, terminal: Iterable[str]) -> list[dict[str, Any]]:
         c = self.table.c
         with self.engine.connect() as conn:
@@ -144,38 +157,9 @@ class JobRepository(_Repository):
                 claimed.append(self.get(job_id))
         return claimed
 
-    def page(
-        self,
-        *,
-        owner: str | None,
-        infrastructure: str | None,
-        state: str | None,
-        since: datetime | None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[dict[str, Any]], int]:
-        c = self.table.c
-        conditions = []
-        if owner is not None:
-            conditions.append(c.owner == owner)
-        if infrastructure:
-            conditions.append(c.infrastructure == infrastructure)
-        if state:
-            conditions.append(c.state == state)
-        if since:
-            conditions.append(c.created_at >= since)
-        return self._page(conditions, limit, offset, c.created_at.desc())
-
 
 class TransferRepository(_Repository):
     table = tables.transfers
-
-    def count_active(self, infrastructure: str, terminal: Iterable[str]) -> int:
-        c = self.table.c
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)))
-            ).scalar_one()
 
     def claim_next(self, owner: str, ttl: float, terminal: Iterable[str]) -> dict[str, Any] | None:
         """Claims one unfinished transfer nobody holds (or whose holder's lease ran out)."""
@@ -238,31 +222,6 @@ class TransferRepository(_Repository):
             return list(conn.execute(
                 sa.select(c.lease_owner).where(c.state.not_in(list(terminal)), c.lease_owner.is_not(None)).distinct()
             ).scalars())
-
-    def page(
-        self,
-        *,
-        owner: str | None,
-        infrastructure: str | None,
-        kind: str | None,
-        state: str | None,
-        since: datetime | None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[dict[str, Any]], int]:
-        c = self.table.c
-        conditions = []
-        if owner is not None:
-            conditions.append(c.owner == owner)
-        if infrastructure:
-            conditions.append(c.infrastructure == infrastructure)
-        if kind:
-            conditions.append(c.kind == kind)
-        if state:
-            conditions.append(c.state == state)
-        if since:
-            conditions.append(c.created_at >= since)
-        return self._page(conditions, limit, offset, c.created_at.desc())
 
 
 class Store:
