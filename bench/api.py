@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from common import REPO, arguments, row, start_gateway, testbed
+from common import arguments, row, start_gateway, testbed
 from tests.support import free_port
 
 CLIENTS = 64

@@ -84,7 +84,8 @@ class InfrastructureService:
             try:
                 fingerprint(host_key)
             except (IndexError, ValueError):
-                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'", "host_key")
+                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
+                                   "host_key") from None
         target = self._target(
             host=request.host,
             port=request.port or 22,

@@ -43,6 +43,7 @@ from hpc.schedulers import (
 from hpc.schedulers import serrano
 from hpc.security import Principal
 from hpc.services.infrastructures import InfrastructureService
+from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
 from hpc.store import Store
 from hpc.store.tables import utcnow
@@ -251,6 +252,12 @@ class JobService:
     # -- background ---------------------------------------------------------------------------
 
     def start(self, stop: threading.Event) -> None:
+        """Takes back the leases of this replica's earlier life and of dead ones, then starts working."""
+        for owner in {self.owner, *dead_local_owners(self.store.jobs.lease_owners(TERMINAL))}:
+            if self.store.jobs.release_leases(owner):
+                log.info("took back the job submissions held by %s, which is no longer running", owner)
+        for owner in {self.owner, *dead_local_owners(self.store.infrastructures.poll_owners())}:
+            self.store.infrastructures.release_polls(owner)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jobs")
         self._thread = threading.Thread(target=self._run, args=(stop,), name="job-scheduler", daemon=True)
         self._thread.start()

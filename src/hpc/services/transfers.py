@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from hpc.config import Config
 from hpc.errors import ClusterUnavailable, Conflict, InvalidInput, NotFound
 from hpc.security import Principal, SecretBox
+from hpc.services.leases import dead_local_owners
 from hpc.services.infrastructures import InfrastructureService
 from hpc.ssh import (
     SSHAuthFailed,
@@ -108,18 +108,6 @@ class ClusterRemote:
     def close(self) -> None:
         if self._dedicated:
             self._connection.close()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remote_error(exc: SSHError) -> RemoteError:
@@ -321,7 +309,7 @@ class TransferService:
         removed = remove_leftovers(self.spool_dir)
         if removed:
             log.info("removed %d spool file(s) left by an earlier run", removed)
-        for owner in {self._owner, *self._dead_owners()}:
+        for owner in {self._owner, *dead_local_owners(self.store.transfers.lease_owners(TERMINAL))}:
             released = self.store.transfers.release_leases(owner)
             if released:
                 log.info("took back %d transfer lease(s) of %s, which is no longer running", released, owner)
@@ -330,20 +318,6 @@ class TransferService:
                                       name=f"transfers-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def _dead_owners(self) -> list[str]:
-        """Lease holders named ``<this host>:<pid>`` (the default instance id) whose process is gone.
-
-        Their transfers are resumed at once instead of after the lease runs out. A pid reused by an
-        unrelated process only delays that to the lease's end.
-        """
-        host = os.uname().nodename
-        dead = set()
-        for owner in self.store.transfers.lease_owners(TERMINAL):
-            match = re.fullmatch(rf"{re.escape(host)}:(\d+)(?:/\d+)?", owner)
-            if match and not _alive(int(match.group(1))):
-                dead.add(f"{host}:{match.group(1)}")
-        return sorted(dead)
 
     def join(self, timeout: float) -> None:
         self._wake.set()

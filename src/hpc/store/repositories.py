@@ -78,6 +78,24 @@ class _Repository:
             conditions.append(c.created_at >= since)
         return self._page(conditions, limit, offset, c.created_at.desc())
 
+    def release_leases(self, owner: str) -> int:
+        """Drops every lease held by ``owner`` or its workers (``owner/<n>``): a replica restarting
+        under a stable instance id holds nothing any more."""
+        c = self.table.c
+        held = sa.or_(c.lease_owner == owner, c.lease_owner.startswith(f"{owner}/", autoescape=True))
+        with self.engine.begin() as conn:
+            return conn.execute(
+                self.table.update().where(held).values(lease_owner=None, lease_until=None)
+            ).rowcount
+
+    def lease_owners(self, terminal: Iterable[str]) -> list[str]:
+        """Who holds leases on unfinished rows (expired or not)."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(c.lease_owner).where(c.state.not_in(list(terminal)), c.lease_owner.is_not(None)).distinct()
+            ).scalars())
+
     def _page(self, conditions: list, limit: int, offset: int, order) -> tuple[list[dict], int]:
         with self.engine.connect() as conn:
             total = conn.execute(
@@ -108,6 +126,19 @@ class InfrastructureRepository(_Repository):
         )
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
+
+    def poll_owners(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(self.table.c.poll_owner).where(
+                self.table.c.poll_owner.is_not(None)).distinct()).scalars())
+
+    def release_polls(self, owner: str) -> int:
+        """Drops every poll lease ``owner`` holds."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            return conn.execute(
+                self.table.update().where(c.poll_owner == owner).values(poll_owner=None, poll_until=None)
+            ).rowcount
 
     def release_poll(self, name: str, owner: str) -> None:
         c = self.table.c
@@ -204,25 +235,6 @@ class TransferRepository(_Repository):
         )
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
-
-    def release_leases(self, owner: str) -> int:
-        """Drops every lease held by ``owner`` or its workers (``owner/<n>``): a replica restarting
-        under a stable instance id holds nothing any more."""
-        c = self.table.c
-        held = sa.or_(c.lease_owner == owner, c.lease_owner.startswith(f"{owner}/", autoescape=True))
-        with self.engine.begin() as conn:
-            return conn.execute(
-                self.table.update().where(held).values(lease_owner=None, lease_until=None)
-            ).rowcount
-
-    def lease_owners(self, terminal: Iterable[str]) -> list[str]:
-        """Who holds leases on unfinished transfers (expired or not)."""
-        c = self.table.c
-        with self.engine.connect() as conn:
-            return list(conn.execute(
-                sa.select(c.lease_owner).where(c.state.not_in(list(terminal)), c.lease_owner.is_not(None)).distinct()
-            ).scalars())
-
 
 class Store:
     """The repositories over one engine."""

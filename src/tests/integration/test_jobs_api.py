@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-from tests.support import infrastructure_body
 
 pytestmark = pytest.mark.integration
 
