@@ -7,10 +7,11 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
 bash testbed/install.sh
-# wrk: the HTTP load generator of bench/api.py (its smoke run is part of the test suite).
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "[setup] installing wrk"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+# wrk and hey: the HTTP load generators of bench/api.py (its smoke run is part of the test suite):
+# wrk for closed-loop throughput, hey for latency at a fixed request rate.
+if ! command -v wrk >/dev/null 2>&1 || ! command -v hey >/dev/null 2>&1; then
+  echo "[setup] installing wrk and hey"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk hey >/dev/null
 fi
 
 python="${PYTHON:-python3}"

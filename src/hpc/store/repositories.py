@@ -7,6 +7,7 @@ number of replicas can share one database without doing the same work twice.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
@@ -45,7 +46,13 @@ class _Repository:
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            return _row(conn.execute(sa.select(self.table).where(self._key == key)).first())
+            return _row(conn.execute(self._get_statement, {"key": key}).first())
+
+    @functools.cached_property
+    def _get_statement(self) -> sa.Select:
+        # Built once: status reads are the hot path (GET /job/{id}), and building and coercing the
+        # statement cost more than running it on SQLite.
+        return sa.select(self.table).where(self._key == sa.bindparam("key"))
 
     def update(self, key: str, where: Iterable[sa.ColumnElement] = (), **values: Any) -> bool:
         """Updates one row, optionally only if ``where`` holds; True if a row changed."""
