@@ -7,6 +7,7 @@ code) must come through the upgrade with every row and value intact, and 1.0 mus
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -302,3 +303,48 @@ def test_a_later_revision_upgrades_a_populated_database(engine, tmp_path, monkey
         assert "ix_jobs_priority" in {index["name"] for index in sa.inspect(conn).get_indexes("jobs")}
         transfers = read_all(conn, tables.metadata, "transfers")
         assert [{key: row[key] for key in rows["transfers"][0]} for row in transfers] == rows["transfers"]
+
+
+ADD_A_COLUMN = """
+import json, sys
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from pathlib import Path
+from hpc.cli import main
+from hpc.store import db, make_engine, migrate, tables
+from tests.fixtures import release_1_0
+
+db.MIGRATIONS = Path(sys.argv[1])
+# What another engineer does in tables.py: a column (with the TypeDecorator) and an index.
+tables.jobs.append_column(sa.Column("principal", sa.String(128), index=True))
+tables.jobs.append_column(sa.Column("seen_at", tables.UTCDateTime))
+code = main(["db", "revision", "jobs: principal and seen_at"])
+engine = make_engine(sys.argv[2])
+release_1_0.migrate(engine)
+head = migrate(engine)
+with engine.connect() as conn:
+    diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), tables.metadata)
+print(json.dumps({"code": code, "head": head, "diff": [str(d) for d in diff]}))
+"""
+
+
+def test_db_revision_writes_the_missing_revision(tmp_path):
+    """'hpc-gateway db revision' (run in a subprocess on a copy of the revisions, with a column added
+    to tables.py there) writes a revision that takes a 1.0 database to exactly the new tables."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-c", ADD_A_COLUMN, str(migrations), f"sqlite:///{tmp_path / 'gw.db'}"],
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rev = f"{int(head_revision()) + 1:04d}"
+    assert result == {"code": 0, "head": rev, "diff": []}
+    written = migrations / "versions" / f"{rev}_jobs_principal_and_seen_at.py"
+    text = written.read_text()
+    assert f"down_revision = '{head_revision()}'" in text
+    assert "batch_op.add_column(sa.Column('principal', sa.String(length=128), nullable=True))" in text
+    assert "batch_op.add_column(sa.Column('seen_at', sa.DateTime(timezone=True), nullable=True))" in text
+    assert "batch_op.create_index(batch_op.f('ix_jobs_principal'), ['principal'], unique=False)" in text
+    assert "tables" not in text
