@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need on Debian 12 as root, idempotently:
-# the testbed's Debian packages (testbed/install.sh), a Python venv in .venv with the pinned
+# the testbed's Debian packages (testbed/install.sh), podman for the image test, a Python venv in .venv with the pinned
 # requirements, and the gateway itself (editable). Re-runs take a few seconds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,6 +13,10 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v hey >/dev/null 2>&1; then
   echo "[setup] installing wrk and hey"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk hey >/dev/null
 fi
+
+# podman, buildah, runc, debootstrap, slirp4netns: the container image test builds and runs the image
+# (scripts/image.sh; the image itself is built, and cached, when that test runs).
+bash scripts/image.sh install
 
 python="${PYTHON:-python3}"
 if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then

@@ -848,6 +848,13 @@ def transfer_wait(transfer_ids: tuple[str, ...], kind: str | None, timeout: floa
     return _wait_transfers([client.get_transfer(transfer_id, kind) for transfer_id in transfer_ids], timeout, poll)
 
 
+# -- the database schema (hpc/cli_db.py) ----------------------------------------------------------------
+
+from hpc.cli_db import db as _db_commands  # noqa: E402  (its own module: kept apart from the client commands)
+
+cli.add_command(_db_commands)
+
+
 # -- entry point -----------------------------------------------------------------------------------------
 
 

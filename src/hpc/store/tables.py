@@ -1,4 +1,5 @@
-"""The schema as of the newest version (see ``hpc.store.db`` for how older databases are upgraded)."""
+"""The schema as of the newest revision. A change here needs an Alembic revision: ``hpc-gateway db revision
+MSG`` writes it (``hpc/store/migrations/README.md``; ``hpc.store.db`` runs them)."""
 
 from __future__ import annotations
 
