@@ -120,10 +120,7 @@ class JobService:
         Args:
             request: An ``hpc.api.models.JobRequest``.
         """
-        try:
-            infra = self.infrastructures.get(request.infrastructure)
-        except NotFound as exc:
-            raise InvalidInput(exc.detail, "infrastructure") from None
+        infra = self.infrastructures.get(request.infrastructure)  # NotFound: 404, as the contract lists
         kinds = [k for k in ("services", "script", "command") if getattr(request, k) is not None]
         if len(kinds) != 1:
             raise InvalidInput("give exactly one of services, script or command", "services")
