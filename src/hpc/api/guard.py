@@ -73,21 +73,23 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_DEPTH) -> bool:
     """Whether a JSON text nests arrays and objects deeper than ``limit``, without recursing.
 
     Strings are cut out and everything but brackets dropped (both in C); each pass then removes every
-    innermost ``[]``/``{}`` pair, i.e. one level of nesting. What is left after ``limit`` passes is only
-    the part nested deeper (or unbalanced, malformed JSON the parser refuses), scanned exactly.
+    innermost ``[]``/``{}`` pair, i.e. one level of nesting. What is left after at most ``limit`` passes
+    nests as deep as the body less the levels removed; it is short unless the body is deep, and scanned
+    exactly. Unbalanced brackets (malformed JSON, for the parser to refuse) count as nesting too.
     """
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
+    removed = 0
+    while removed < limit:
         shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
         if shorter == brackets:
             break
-        brackets = shorter
+        brackets, removed = shorter, removed + 1
     depth = 0
     for byte in brackets:
         depth += 1 if byte in _OPENING else -1
-        if depth > limit:
+        if depth + removed > limit:
             return True
     return False
 
