@@ -22,7 +22,7 @@ from hpc import cli
 from hpc.api.app import load_spec
 from hpc.api.guard import MAX_DEPTH, RequestGuard, json_depth_exceeds, routes_of
 from hpc.api.run import LOG_MESSAGE_LIMIT, BoundedMessages
-from hpc.api.validation import describe, field_of, is_secret, nul_field, parse_date_time
+from hpc.api.validation import describe, field_of, nul_field, parse_date_time
 from hpc.client.api import Client
 from hpc.client.display import TransferDisplay, _MarkColumn
 from hpc.client.records import JOB_FINAL_STATES
@@ -59,18 +59,6 @@ def test_a_missing_property_is_named_with_its_path():
     schema = {"type": "object", "properties": {"ssh_key": {"type": "object", "required": ["path"]}}}
     error = next(Draft4Validator(schema).iter_errors({"ssh_key": {"password": CANARY}}))
     assert (field_of(error), describe(error)) == ("ssh_key.path", "path is required")
-
-
-@pytest.mark.parametrize("path, secret", [
-    (["ssh_key", "password"], True), (["secret_key"], True), (["access_key"], True), (["ssh_key", "private_key"], True),
-    (["webhook", "secret"], True), (["callback_token"], True), (["script"], False), (["ssh_key", "path"], False),
-])
-def test_secret_fields_by_name(path, secret):
-    assert is_secret(path) is secret
-
-
-def test_secret_fields_by_write_only_schema():
-    assert is_secret(["anything"], {"type": "string", "writeOnly": True}) is True
 
 
 def test_the_contract_marks_every_secret_write_only():
