@@ -58,7 +58,8 @@ def bad_request(_request: ConnexionRequest, exc: BadRequestProblem) -> Connexion
 
 
 def connexion_problem(_request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
-    return problem(exc.status_code, exc.title or "Error", exc.detail or exc.title or "")
+    # e.g. 415, whose detail quotes the request's Content-Type header.
+    return problem(exc.status_code, exc.title or "Error", (exc.detail or exc.title or "")[:_DETAIL_LIMIT])
 
 
 def internal_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

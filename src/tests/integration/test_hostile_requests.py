@@ -294,3 +294,8 @@ def test_the_log_has_no_request_value_and_no_connexion_info(gw):
     assert value[:200] not in gw.log()
     assert "connexion.validators" not in gw.log()
 
+
+
+def test_a_body_not_sent_as_json_is_415_as_the_contract_lists(gw):
+    response = gw.request("POST", "/job", data="x" * 5000, headers={"Content-Type": "text/plain; " + "p=v;" * 500})
+    assert len(problem(response, 415)["detail"]) <= 500
