@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -467,6 +468,16 @@ def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float
     return _wait(jobs, timeout, poll, watch_jobs, job_line, _job_outcome)
 
 
+# The contract's JobResources.walltime pattern: refused here with exit 2 rather than sent to be refused.
+_WALLTIME = re.compile(r"^(\d{1,4}-)?\d{1,4}:[0-5]\d:[0-5]\d$")
+
+
+def _walltime(_ctx, _param, value: str | None) -> str | None:
+    if value is not None and not _WALLTIME.match(value):
+        raise click.BadParameter(f"{value!r} does not read [D-]HH:MM:SS (for example 00:30:00 or 1-12:00:00)")
+    return value
+
+
 @job.command("submit", context_settings={"allow_interspersed_args": False})
 @click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
               help="Infrastructure to run on [env: HPC_INFRASTRUCTURE].")
@@ -481,7 +492,7 @@ def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float
 @click.option("--tasks", type=click.IntRange(1))
 @click.option("--cpus-per-task", type=click.IntRange(1))
 @click.option("--memory-mb", type=click.IntRange(1))
-@click.option("--walltime", metavar="[D-]HH:MM:SS")
+@click.option("--walltime", metavar="[D-]HH:MM:SS", callback=_walltime)
 @click.option("--partition", help="Partition (Slurm) or queue (PBS).")
 @click.option("--account")
 @click.option("--workdir", help="Working directory on the cluster (relative to home unless absolute).")

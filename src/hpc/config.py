@@ -65,6 +65,16 @@ class Config:
     instance_id: str = ""  # names this replica in work leases; default host:pid
     log_level: str = "INFO"
     fast_path: bool = True  # answer status GETs ahead of Connexion (hpc.api.fastpath)
+    # Largest request body accepted (bytes), checked before anything parses it (hpc.api.guard): larger
+    # ones are answered 413. A job script's own cap (1 MiB characters, in the contract) lies within it:
+    # a full-size script JSON-escaped as \uXXXX takes 6 MiB.
+    max_body_size: int = 8 * 1024**2
+    # Networks a cluster's SSH host may resolve to although not public. Clusters usually sit on private
+    # networks, so those are admitted by default; link-local and cloud metadata addresses are refused
+    # whatever this says (the same AddressPolicy as transfer sources, hpc.staging.addresses).
+    cluster_allow_networks: tuple[str, ...] = (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
+    )
     # Data staging (transfers). Networks admitted as transfer sources and S3 endpoints although they
     # are not public: loopback, private ranges (CIDRs, HPC_SOURCE_ALLOW_NETWORKS=127.0.0.1/32,10.0.0.0/8).
     # Link-local and cloud metadata addresses are refused whatever this says.
@@ -169,6 +179,8 @@ _CONVERTERS = {
     "ssh_command_timeout": float,
     "min_watch_period": float,
     "source_allow_networks": _parse_networks,
+    "cluster_allow_networks": _parse_networks,
+    "max_body_size": parse_size,
     "transfer_workers": int,
     "transfer_retries": int,
     "transfer_retry_delay": float,

@@ -10,11 +10,13 @@ from typing import Any
 import connexion
 import yaml
 from connexion.exceptions import BadRequestProblem, ProblemException
+from connexion.datastructures import MediaTypeDict
 from connexion.options import SwaggerUIOptions
 
 from hpc import errors
-from hpc.api import context, problems, views
+from hpc.api import context, problems, validation, views
 from hpc.api.fastpath import StatusFastPath
+from hpc.api.guard import RequestGuard
 from hpc.config import Config, load_config
 from hpc.errors import NotFound
 from hpc.services.gateway import Gateway
@@ -51,15 +53,25 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
         log.warning("Switch it on (auth_enabled: true, HPC_AUTH_ENABLED=1) anywhere but a private test box.")
         log.warning("=" * 72)
     app = connexion.FlaskApp(__name__, swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
-    app.add_api(load_spec(config.auth_enabled), swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+    spec = load_spec(config.auth_enabled)
+    app.add_api(spec, swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
                 validate_responses=False, strict_validation=False, base_path="",
-                validator_map={"parameter": problems.NamedParameterValidator})
+                validator_map={"parameter": validation.ParameterChecks,
+                               "body": MediaTypeDict({"*/*json": validation.BodyValidator})})
     app.add_error_handler(errors.DomainError, problems.domain_error)
     app.add_error_handler(BadRequestProblem, problems.bad_request)
     app.add_error_handler(ProblemException, problems.connexion_problem)
     app.add_error_handler(Exception, problems.internal_error)
     app.gateway = gateway
+    app.spec = spec
     return app
+
+
+def served_app(app: connexion.FlaskApp):
+    """The ASGI app to serve: the request guard, then the status fast path, then Connexion."""
+    config = app.gateway.config
+    return RequestGuard(with_fast_path(app), app.spec, max_body_size=config.max_body_size,
+                        auth_enabled=config.auth_enabled, tokens=config.tokens)
 
 
 def with_fast_path(app: connexion.FlaskApp):

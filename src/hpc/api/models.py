@@ -286,7 +286,10 @@ class JobStatus(BaseModel):
     exit_code: int | None = None
     name: str | None = None
     kind: Kind | None = None
-    services: list[ServiceName] | None = None
+    services: list[ServiceName] = Field(
+        ...,
+        description='The SERRANO services of the job; empty for script and command jobs.',
+    )
     watch_period: float | None = None
     cancel_requested: bool | None = None
     created_at: AwareDatetime | None = None

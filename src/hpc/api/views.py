@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from hpc.api import models
+from hpc.api.validation import parse_date_time
 from hpc.errors import InvalidInput
 from hpc.security import fingerprint
 from hpc.store.tables import utcnow
@@ -32,12 +33,9 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"{field} must be an ISO 8601 date-time", field) from None
-    if parsed.tzinfo is None:
-        raise InvalidInput(f"{field} needs a time zone (for example 2026-01-01T00:00:00Z)", field)
-    return parsed
+        return parse_date_time(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {exc}", field) from None
 
 
 def _dump(model) -> dict[str, Any]:
@@ -97,7 +95,7 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
             exit_code=row["exit_code"],
             name=row["name"],
             kind=row["kind"],
-            services=spec.get("services"),
+            services=spec.get("services") or [],
             watch_period=row["watch_period"],
             cancel_requested=row["cancel_requested"],
             created_at=row["created_at"],

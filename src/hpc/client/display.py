@@ -114,7 +114,9 @@ class _MarkColumn(SpinnerColumn):
     """A spinner while the task runs; a check mark or a cross once it ended."""
 
     def render(self, task: Task) -> Text:
-        if task.finished:
+        # "ended" is the gateway's word, not rich's "finished" (all bytes counted): a transfer whose bytes
+        # are all there is still verifying its checksum, and neither succeeded nor failed yet.
+        if task.fields.get("ended", task.finished):
             ok = task.fields.get("ok", True)
             return Text("✔" if ok else "✘", style="green" if ok else "bold red")
         return super().render(task)
@@ -204,7 +206,7 @@ class JobDisplay(_Display):
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(job_line(job), total=1)
         self.progress.update(self.tasks[key], description=job_line(job), completed=1 if done else 0,
-                             ok=job_succeeded(job))
+                             ok=job_succeeded(job), ended=done)
         if done:
             self.progress.stop_task(self.tasks[key])
 
@@ -241,7 +243,7 @@ class TransferDisplay(_Display):
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(transfer_label(transfer), total=total)
         self.progress.update(
-            self.tasks[key], total=total, completed=completed, ok=transfer_succeeded(transfer),
+            self.tasks[key], total=total, completed=completed, ok=transfer_succeeded(transfer), ended=done,
             rate=None if done else transfer.get("rate"), eta=None if done else transfer.get("eta"),
             state="" if transfer_succeeded(transfer) else state + (
                 f": {transfer['reason']}" if done and transfer.get("reason") else ""),

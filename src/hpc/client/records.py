@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Literal, TypedDict
 
+from hpc.states import JOB_ENDED_STATES
+
 JobStatusCode = Literal["queued", "running", "completed"]
 JobState = Literal["submitting", "queued", "running", "completed", "failed", "cancelled", "timeout", "unknown"]
 TransferKind = Literal["http", "s3_data", "s3_result"]
 TransferStatusCode = Literal["transferring", "completed", "failure"]
 TransferState = Literal["queued", "transferring", "verifying", "completed", "failed", "cancelled"]
 
-#: Job states after which nothing changes any more.
-JOB_FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timeout"})
+#: Job states after which nothing changes any more (``unknown`` included: hpc.states has the definition).
+JOB_FINAL_STATES = JOB_ENDED_STATES
 #: Transfer states after which nothing changes any more.
 TRANSFER_FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 

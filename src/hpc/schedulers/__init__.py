@@ -2,6 +2,7 @@
 
 from hpc.schedulers.base import (
     CANCEL_REQUESTED,
+    ENDED_STATES,
     ORDER,
     JobSpec,
     JobState,
@@ -19,6 +20,7 @@ from hpc.schedulers.base import (
 
 __all__ = [
     "CANCEL_REQUESTED",
+    "ENDED_STATES",
     "ORDER",
     "JobSpec",
     "JobState",

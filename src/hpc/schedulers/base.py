@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from hpc.ssh.quoting import quote
+from hpc.states import JOB_ENDED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,12 @@ class JobState(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
+# Observed native states that end a job with a known outcome. An UNKNOWN *observation* (a native code
+# this adapter does not know) is not one: it never ends a job nor aborts a poll.
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+# Job states after which nothing changes (hpc.states, the one definition): the terminal ones and
+# UNKNOWN, the state of a job that left the queue without an exit code.
+ENDED_STATES = frozenset(JobState(state) for state in JOB_ENDED_STATES)
 
 # Forward-only order: queued < running < any terminal state. UNKNOWN has no rank: it never replaces a
 # known state (an odd native code seen once must not move a job backwards or end it).
@@ -44,7 +50,8 @@ ORDER: Mapping[JobState, int] = MappingProxyType(
 
 
 def is_terminal(state: JobState) -> bool:
-    """Tell whether a job in ``state`` has ended for good."""
+    """Tell whether an observed native state ends the job with a known outcome (see ENDED_STATES for
+    whether a job's own state is final)."""
     return state in TERMINAL_STATES
 
 

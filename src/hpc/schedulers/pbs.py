@@ -218,13 +218,19 @@ class PbsScheduler(Scheduler):
         parts = {name: Partition(name, 0, 0, 0, 0, 0, 0) for name in queue_names(queues)}
         for node, attrs in parse_blocks("\n".join(nodes), jobs=False).items():
             cpus, used = node_cpus(node, attrs)
-            free = set(attrs.get("state", "").split(",")) == {"free"}
+            states = set(attrs.get("state", "").split(","))
+            free = states == {"free"}
+            idle = max(cpus - used, 0) if free else 0
+            if states == {"mixed"}:
+                # The Slurm Torque wrapper's word for a partly allocated node (testbed, 22.05: one 1-CPU
+                # job on 2 CPUs); it lists no jobs per node, so at least one CPU is taken and one idle.
+                idle = min(max(cpus - used, 1), cpus - 1) if cpus > 1 else 0
             # A PBS Pro node may name its queue; other nodes serve every queue.
             for part in [parts[attrs["queue"]]] if attrs.get("queue") in parts else parts.values():
                 part.total_nodes += 1
                 part.avail_nodes += int(free)
                 part.total_cpus += cpus
-                part.avail_cpus += max(cpus - used, 0) if free else 0
+                part.avail_cpus += idle
         for state, queue in job_list_states(jobs):
             if queue in parts and state == "R":
                 parts[queue].running_jobs += 1

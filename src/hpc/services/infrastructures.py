@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +36,8 @@ from hpc.ssh import (
     SSHTimeout,
     SSHUnreachable,
 )
+from hpc.staging.addresses import AddressPolicy, parse_networks
+from hpc.staging.errors import SourceError, UnsafeAddress
 from hpc.store import DuplicateKey, Store
 from hpc.store.tables import utcnow
 
@@ -40,6 +45,52 @@ log = logging.getLogger(__name__)
 
 # The program each scheduler must offer on the login node, checked at registration.
 _SCHEDULER_PROBE = {"slurm": "sbatch", "pbs": "qsub"}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host_name(host: str) -> str:
+    """``host`` as given when it is an IP address or a DNS name (IDNA accepted), else InvalidInput.
+
+    Checked before any lookup: a name such as ``a..b`` made the resolver raise UnicodeError (a 500).
+    """
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in ascii_name.split(".")):
+        raise InvalidInput("host must be an IP address or a DNS name (labels of letters, digits and '-')", "host")
+    return host
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """The site settings that later reach every job's script, checked once at registration.
+
+    ``mpi_launcher`` is split like a shell line (an unbalanced quote would break every SERRANO job);
+    ``job_root`` and ``allowed_roots`` are paths, which a newline or another control character would
+    cut or turn into a second command.
+    """
+    launcher = settings.get("mpi_launcher")
+    if launcher is not None:
+        if _CONTROL.search(launcher):
+            raise InvalidInput("settings.mpi_launcher must not contain control characters", "settings.mpi_launcher")
+        try:
+            shlex.split(launcher)
+        except ValueError as exc:
+            raise InvalidInput(f"settings.mpi_launcher is not a valid shell command line: {exc}",
+                               "settings.mpi_launcher") from None
+    paths = [("job_root", settings.get("job_root"))]
+    paths += [(f"allowed_roots.{i}", root) for i, root in enumerate(settings.get("allowed_roots") or ())]
+    for field, value in paths:
+        if value is not None and (_CONTROL.search(value) or not value.strip()):
+            raise InvalidInput(f"settings.{field} must be a path without control characters", f"settings.{field}")
 
 
 def ssh_failure(exc: SSHError, action: str) -> Exception:
@@ -75,6 +126,9 @@ class InfrastructureService:
         self._require_admin(principal)
         if self.store.infrastructures.get(request.name) is not None:
             raise Conflict(f"an infrastructure named {request.name!r} exists already", "name")
+        settings = request.settings.model_dump(mode="json", exclude_none=True) if request.settings else {}
+        check_settings(settings)
+        self._check_address(check_host_name(request.host), request.port or 22)
         key = request.ssh_key
         if bool(key.path) == bool(key.private_key):
             raise InvalidInput("give exactly one of ssh_key.path and ssh_key.private_key", "ssh_key.path")
@@ -102,7 +156,6 @@ class InfrastructureService:
         # infrastructure, so its identity cannot change behind the gateway's back later.
         host_key = seen_key
         now = utcnow()
-        settings = request.settings.model_dump(mode="json", exclude_none=True) if request.settings else {}
         try:
             row = self.store.infrastructures.insert(
                 {
@@ -128,6 +181,18 @@ class InfrastructureService:
         log.info("registered infrastructure %s (%s@%s:%s, %s)", row["name"], row["username"], row["host"],
                  row["port"], row["scheduler"])
         return row
+
+    def _check_address(self, host: str, port: int) -> None:
+        """Every address ``host`` resolves to, checked before any connection is opened: the same policy
+        as transfer sources (link-local and metadata addresses never; non-public ones only inside
+        ``cluster_allow_networks``)."""
+        policy = AddressPolicy(allow=parse_networks(self.config.cluster_allow_networks))
+        try:
+            policy.resolve(host, port)
+        except UnsafeAddress as exc:
+            raise InvalidInput(f"host: {exc}", "host") from None
+        except SourceError as exc:
+            raise ClusterRefused(f"the host cannot be reached over SSH: {exc}", "host") from None
 
     def _checked_key_path(self, path: str) -> str:
         """The key file's real path, refused unless it lies inside the configured key directory."""

@@ -17,8 +17,11 @@ job: it keeps its state with the fault as ``reason``, and tracking resumes when 
 
 from __future__ import annotations
 
+import errno
 import logging
+import posixpath
 import re
+import stat
 import threading
 import uuid
 from collections import Counter, defaultdict
@@ -45,14 +48,16 @@ from hpc.security import Principal
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
+from hpc.staging.paths import inside, resolve_roots
+from hpc.states import JOB_ENDED_STATES
 from hpc.store import Store
 from hpc.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
 SUBMITTING = "submitting"
-TERMINAL = ("completed", "failed", "cancelled", "timeout", "unknown")
-ENDED = frozenset(TERMINAL)
+TERMINAL = tuple(sorted(JOB_ENDED_STATES))
+ENDED = JOB_ENDED_STATES
 
 DEFAULT_JOB_ROOT = ".hpc-gateway/jobs"
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
@@ -83,6 +88,65 @@ def status_code(state: str) -> str:
     if state in ENDED:
         return "completed"
     return "running" if state == "running" else "queued"
+
+
+def _utf8_length(lead: int) -> int:
+    """Bytes of the UTF-8 sequence a lead byte starts (1 for ASCII and for bytes that start none)."""
+    return 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF8 else 1
+
+
+def whole_characters(data: bytes, limit: int, at_file_end: bool, final: bool) -> tuple[bytes, bool]:
+    """The bytes of an output read to return, and whether they reach the end of what can be read now.
+
+    ``data`` was read from a character boundary, up to ``limit`` + 3 bytes. At most ``limit`` bytes
+    are returned, cut before a character that does not fit whole; the first character is returned
+    whole even past ``limit`` (a ``length`` of 1 still moves on). A character the file ends in the
+    middle of is left for a later read while the job may still write its rest, and returned as it is
+    (decoded with a replacement character) once the job has ended (``final``). ``at_file_end``: the
+    read reached the file's current end.
+    """
+    if not data:
+        return data, True
+    head = data[:limit]
+    end = len(head)
+    for back in range(1, min(3, len(head)) + 1):
+        lead = head[-back]
+        if lead & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            if _utf8_length(lead) > back:
+                end = len(head) - back
+            break
+    if end == 0:
+        need = _utf8_length(data[0])
+        if len(data) >= need:
+            end = need
+        elif not final:
+            return b"", at_file_end  # only part of a character so far: wait for the job to write the rest
+        else:
+            end = len(data)
+    rest = data[end:]
+    waiting = at_file_end and not final and 0 < len(rest) < 4 and _utf8_length(rest[0]) > len(rest)
+    return data[:end], (at_file_end and not rest) or waiting
+
+
+# errno of an SFTP failure that retrying cannot cure. OpenSSH's sftp-server maps ENOENT and ENOTDIR to
+# SSH_FX_NO_SUCH_FILE, EACCES and EPERM to SSH_FX_PERMISSION_DENIED; paramiko raises those as IOError
+# with errno ENOENT and EACCES. Other failures (SSH_FX_FAILURE, a lost connection) may pass.
+_PERMANENT_ERRNO = {
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "not a directory",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+def job_dir_failure(exc: BaseException, job_dir: str) -> str | None:
+    """Why the job's files can never be written, by the error's errno; None when a retry may succeed."""
+    if not isinstance(exc, OSError) or exc.errno not in _PERMANENT_ERRNO:
+        return None
+    where = exc.filename or job_dir
+    return (f"cannot write the job's files in {job_dir}: {where}: {_PERMANENT_ERRNO[exc.errno]} "
+            "(check the infrastructure's job_root setting)")
 
 
 def _epoch(text: str | None) -> datetime | None:
@@ -120,10 +184,7 @@ class JobService:
         Args:
             request: An ``hpc.api.models.JobRequest``.
         """
-        try:
-            infra = self.infrastructures.get(request.infrastructure)
-        except NotFound as exc:
-            raise InvalidInput(exc.detail, "infrastructure") from None
+        infra = self.infrastructures.get(request.infrastructure)  # NotFound: 404, as the contract lists
         kinds = [k for k in ("services", "script", "command") if getattr(request, k) is not None]
         if len(kinds) != 1:
             raise InvalidInput("give exactly one of services, script or command", "services")
@@ -155,6 +216,8 @@ class JobService:
                 raise InvalidInput(f"{key!r} is not a valid environment variable name", f"env.{key}")
             if "\x00" in value:
                 raise InvalidInput("NUL bytes cannot be passed to a shell", f"env.{key}")
+        if request.workdir is not None:
+            self._check_workdir(infra, request.workdir)
         resources = request.resources.model_dump(mode="json", exclude_none=True) if request.resources else {}
         self._resources(resources, infra, kind)  # validates now, so a bad request is a 400, not a failed job
         spec.update(resources=resources, workdir=request.workdir, env=env)
@@ -183,6 +246,20 @@ class JobService:
         log.info("job %s accepted for %s (%s) by %s", row["id"], infra["name"], kind, principal.name)
         self._wake.set()
         return row
+
+    def _check_workdir(self, infra: dict[str, Any], workdir: str) -> None:
+        """``workdir`` must lie inside the infrastructure's ``allowed_roots`` (default: the home), as for
+        transfer paths; the roots themselves are allowed (a job may run in the home directory)."""
+        if not workdir.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in workdir):
+            raise InvalidInput("workdir must be a path without control characters", "workdir")
+        home = self._home(infra)
+        path = posixpath.normpath(self._absolute(workdir, home))
+        try:
+            roots = resolve_roots((infra["settings"] or {}).get("allowed_roots"), home)
+        except ValueError as exc:
+            raise InvalidInput(f"workdir: {exc}", "workdir") from None
+        if not any(path == root or inside(path, root) for root in roots):
+            raise InvalidInput(f"workdir {path} lies outside the allowed directories ({', '.join(roots)})", "workdir")
 
     @staticmethod
     def _resources(values: dict[str, Any], infra: dict[str, Any], kind: str) -> Resources:
@@ -240,9 +317,10 @@ class JobService:
             if offset < size:
                 with sftp.open(path, "rb") as handle:
                     handle.seek(offset)
-                    data = handle.read(min(length, size - offset))
+                    data = handle.read(min(length + 3, size - offset))
+        data, eof = whole_characters(data, length, offset + len(data) >= size, row["state"] in ENDED)
         result.update(size=size, data=data.decode("utf-8", errors="replace"), next_offset=offset + len(data),
-                      eof=offset + len(data) >= size)
+                      eof=eof)
         return result
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -346,6 +424,10 @@ class JobService:
             self._retry_submission(row, exc.detail)
             return
         except (OSError, EOFError) as exc:  # SFTP faults surface as IOError from paramiko
+            permanent = job_dir_failure(exc, self.store.jobs.get(job_id)["job_dir"] or "")
+            if permanent:
+                self._end(row, "failed", reason=permanent)
+                return
             self._retry_submission(row, f"writing the job's files failed: {exc}")
             return
         try:
@@ -437,9 +519,12 @@ class JobService:
         for part in parts:
             current += "/" + part
             try:
-                sftp.stat(current)
+                attributes = sftp.stat(current)
             except FileNotFoundError:
                 sftp.mkdir(current, 0o700)
+                continue
+            if not stat.S_ISDIR(attributes.st_mode or 0):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", current)
 
     @staticmethod
     def _put(sftp, path: str, data: bytes, mode: int) -> None:
@@ -487,15 +572,17 @@ class JobService:
             self._poll_failed(name, jobs, str(getattr(exc, "detail", exc)))
             return
         self._backoff.pop(name, None)
-        gone = []
+        gone, starting = [], []
         for job in jobs:
             native = statuses.get(job["scheduler_id"])
-            if native is None or (is_terminal(native.state) and native.exit_code is None):
+            if native is None or is_terminal(native.state):
                 gone.append((job, native))
             else:
                 self._observe(job, native)
-        if gone:
-            self._finish_from_files(infra, gone)
+                if native.state is JobState.RUNNING and job["started_at"] is None:
+                    starting.append(job)
+        if gone or starting:
+            self._finish_from_files(infra, gone, starting)
 
     def _poll_failed(self, name: str, jobs: list[dict[str, Any]], reason: str) -> None:
         _, previous = self._backoff.get(name, (utcnow(), 0.0))
@@ -521,32 +608,29 @@ class JobService:
             "poll_failures": 0,
             "missing_polls": 0,
         }
-        if new is JobState.RUNNING and job["started_at"] is None:
-            changes["started_at"] = utcnow()
-        if is_terminal(new):
-            if job["cancel_requested"] and new is not JobState.COMPLETED:
-                new = JobState.CANCELLED
-            if native.exit_code is not None:
-                changes["reason"] = native.reason or self._reason(new, native.exit_code)
-            self._end(job, new.value, exit_code=native.exit_code, **changes)
-            return
         changes["state"] = new.value
         if new.value != job["state"]:
             log.info("job %s: %s -> %s (%s)", job["id"], job["state"], new.value, native.native_state)
         self.store.jobs.update(job["id"], **changes)
 
-    def _finish_from_files(self, infra: dict[str, Any], gone: list[tuple[dict[str, Any], Any]]) -> None:
-        """Reads exit_code/started/ended of jobs that left the queue, in one command, and ends them."""
+    def _finish_from_files(self, infra: dict[str, Any], gone: list[tuple[dict[str, Any], Any]],
+                           starting: list[dict[str, Any]] = ()) -> None:
+        """Reads the job files (exit_code, started, ended) in one command: ends the jobs that left the
+        queue or that the scheduler reports ended, and records when ``starting`` jobs began.
+
+        The times are the cluster's record, written by the batch script itself, not the moment a poll
+        happened to notice: a job shorter than the poll period would otherwise never be seen running.
+        """
         script = "; ".join(
             f"d={quote(job['job_dir'])}; printf '@@%s\\n' {quote(job['id'])}; "
             'for f in exit_code started ended; do printf "%s=" "$f"; cat "$d/$f" 2>/dev/null || echo; done'
-            for job, _ in gone
+            for job in [job for job, _ in gone] + list(starting)
         )
         self._count(infra["name"], "exit_codes")
         try:
             result = self.infrastructures.run(infra, script, action="reading exit codes")
         except DomainError as exc:
-            self._poll_failed(infra["name"], [job for job, _ in gone], exc.detail)
+            self._poll_failed(infra["name"], [job for job, _ in gone] + list(starting), exc.detail)
             return
         files: dict[str, dict[str, str]] = {}
         current = None
@@ -556,6 +640,10 @@ class JobService:
             elif current is not None and "=" in line:
                 key, _, value = line.partition("=")
                 current[key] = value.strip()
+        for job in starting:
+            started = _epoch(files.get(job["id"], {}).get("started"))
+            if started is not None:
+                self.store.jobs.update(job["id"], started_at=started)
         for job, native in gone:
             found = files.get(job["id"], {})
             raw = found.get("exit_code", "")
@@ -564,7 +652,11 @@ class JobService:
                 native.native_state if native else job["native_state"])
             if not raw.lstrip("-").isdigit():
                 if native is not None and is_terminal(native.state):
-                    self._end(job, native.state.value, reason=native.reason, native_state=native.native_state,
+                    cancelled = job["cancel_requested"] and native.state is not JobState.COMPLETED
+                    state = JobState.CANCELLED if cancelled else native.state
+                    self._end(job, state.value, exit_code=native.exit_code, native_state=native.native_state,
+                              reason=native.reason or (self._reason(state, native.exit_code)
+                                                       if native.exit_code is not None else None),
                               started_at=started or job["started_at"], ended_at=ended)
                 elif job["missing_polls"] + 1 >= MISSING_POLLS_LIMIT:
                     state = "cancelled" if job["cancel_requested"] else "unknown"

@@ -172,9 +172,10 @@ def test_usage_api_and_connection_errors_have_their_exit_codes(gateway):
                "--access-key", "a", "--secret-key", "b").returncode == 2
     missing = cli(gateway, "job", "show", str(uuid.uuid4()), "--json")
     assert (missing.returncode, json.loads(missing.stdout)["status"]) == (3, 404)
-    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--walltime", "1 hour", "--json", "--", "true")
-    assert (bad.returncode, json.loads(bad.stdout)["field"]) == (3, "resources.walltime")
-    assert "resources.walltime" in bad.stderr
+    assert cli(gateway, "job", "submit", "-i", "tb-slurm", "--walltime", "1 hour", "--", "true").returncode == 2
+    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--partition", "a b", "--json", "--", "true")
+    assert (bad.returncode, json.loads(bad.stdout)["field"]) == (3, "resources.partition")
+    assert "resources.partition" in bad.stderr
     denied = cli(gateway, "job", "list", token="admin", HPC_TOKEN="wrong")
     assert (denied.returncode, "401" in denied.stderr) == (3, True)
     unreachable = cli(gateway, "infra", "list", "--url", "http://127.0.0.1:9")
