@@ -15,6 +15,7 @@ from connexion.options import SwaggerUIOptions
 from hpc import errors
 from hpc.api import context, problems, views
 from hpc.api.fastpath import StatusFastPath
+from hpc.api.sse import event_stream
 from hpc.config import Config, load_config
 from hpc.errors import NotFound
 from hpc.services.gateway import Gateway
@@ -63,10 +64,11 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
 
 
 def with_fast_path(app: connexion.FlaskApp):
-    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``)."""
+    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``) and
+    the event stream (``GET /events``, see ``hpc.api.sse``)."""
     gateway = app.gateway
     if not gateway.config.fast_path:
-        return app
+        return event_stream(app, gateway)
 
     def job(job_id, principal):
         try:
@@ -76,5 +78,5 @@ def with_fast_path(app: connexion.FlaskApp):
 
     renderers = {"job": job}
     renderers.update(getattr(gateway.transfers, "fast_renderers", lambda: {})())
-    return StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
-                          renderers=renderers)
+    return event_stream(StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
+                                       renderers=renderers), gateway)
