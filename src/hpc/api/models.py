@@ -402,7 +402,9 @@ class Event(BaseModel):
     time: AwareDatetime = Field(..., description='When the change was recorded.')
     resource: Resource
     data: dict[str, Any] = Field(..., description="The type's payload (see EventType).")
-    subscription: UUID | None = Field(None, description='In webhook deliveries')
+    subscription: UUID | None = Field(
+        None, description="In webhook deliveries: the subscription's id."
+    )
 
 
 class SubscriptionRequest(BaseModel):

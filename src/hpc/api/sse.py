@@ -27,7 +27,7 @@ import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
@@ -99,9 +99,9 @@ class EventHub:
     def stats(self) -> dict[str, int]:
         return {"subscribers": len(self._subscribers), "high_water": self.high_water or 0, **self.counters}
 
-    async def run(self, function: Callable, *args) -> Any:
+    async def run(self, function: Callable, *args, **kwargs) -> Any:
         """Runs a store read off the event loop (the hub's own two threads, never the API's)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
 
     async def start(self) -> None:
         """Starts the reader if it is not running; on return ``high_water`` is set."""
@@ -225,13 +225,22 @@ class EventStream:
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
         self.hub.counters["streams"] += 1
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            await self._write(send, subscriber, b"retry: 2000\n: connected\n\n")
-            last_sent = await self._catch_up(send, subscriber, cursor)
-            if not follow:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            self.hub.register(subscriber)
+            if cursor is None and follow:
+                # Joined before the answer starts: a client that reads a record once the stream is open
+                # cannot miss a change made in between.
+                await self.hub.start()
+                last_sent = self.hub.high_water
+                self.hub.register(subscriber)
+                await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+                await self._write(send, subscriber, b"retry: 2000\n: connected\n\n")
+            else:
+                await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+                await self._write(send, subscriber, b"retry: 2000\n: connected\n\n")
+                last_sent = await self._catch_up(send, subscriber, cursor if cursor is not None else 0)
+                if not follow:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                self.hub.register(subscriber)
             while True:
                 try:
                     event_id, frame = await asyncio.wait_for(subscriber.queue.get(), self.heartbeat)
@@ -253,13 +262,10 @@ class EventStream:
             self.hub.unregister(subscriber)
             watcher.cancel()
 
-    async def _catch_up(self, send, subscriber: Subscriber, cursor: int | None) -> int:
+    async def _catch_up(self, send, subscriber: Subscriber, cursor: int) -> int:
         """Sends the stored events after ``cursor`` until the hub's fan-out covers the rest; the last id
         covered. Ids become visible in order (``hpc.store.events``), so once a read that started after the
         hub reached ``mark`` comes back short, every event up to ``mark`` has been sent."""
-        await self.hub.start()
-        if cursor is None:
-            return self.hub.high_water
         while True:
             await self.hub.start()
             mark = self.hub.high_water
