@@ -81,9 +81,10 @@ class EventHub:
     It runs only while someone listens; its high-water mark is the highest event id it has fanned out.
     """
 
-    def __init__(self, service: EventService, poll_interval: float):
+    def __init__(self, service: EventService, poll_interval: float, batch: int = BATCH):
         self.service = service
         self.poll_interval = poll_interval
+        self.batch = batch
         self.high_water: int | None = None
         self.counters: Counter = Counter()
         self._subscribers: set[Subscriber] = set()
@@ -143,7 +144,7 @@ class EventHub:
             else:
                 idle_rounds = 0
             try:
-                rows = await self.run(self.service.store.events.after, self.high_water, limit=BATCH)
+                rows = await self.run(self.service.store.events.after, self.high_water, limit=self.batch)
             except Exception:  # the store may be briefly unavailable: streams stay open, reading resumes
                 log.exception("reading events failed")
                 rows = []
@@ -158,7 +159,8 @@ class EventHub:
                             self._subscribers.discard(subscriber)
                 self.high_water = row["id"]
             self.counters["read"] += len(rows)
-            if len(rows) == BATCH:
+            if len(rows) == self.batch:
+                await asyncio.sleep(0)  # the streams write what they got before the next batch comes
                 continue
             self._wake.clear()
             try:
@@ -243,15 +245,22 @@ class EventStream:
                 self.hub.register(subscriber)
             while True:
                 try:
-                    event_id, frame = await asyncio.wait_for(subscriber.queue.get(), self.heartbeat)
+                    item = await asyncio.wait_for(subscriber.queue.get(), self.heartbeat)
                 except asyncio.TimeoutError:
                     await self._write(send, subscriber, b": keepalive\n\n")
                     continue
-                if event_id <= last_sent:
-                    continue  # sent during the catch-up already
-                await self._write(send, subscriber, frame)
-                last_sent = event_id
-                self.hub.counters["sent"] += 1
+                frames = []
+                while True:  # what is queued goes out in one write
+                    event_id, frame = item
+                    if event_id > last_sent:  # else sent during the catch-up already
+                        frames.append(frame)
+                        last_sent = event_id
+                    if subscriber.queue.empty() or len(frames) >= 64:
+                        break
+                    item = subscriber.queue.get_nowait()
+                if frames:
+                    await self._write(send, subscriber, b"".join(frames))
+                    self.hub.counters["sent"] += len(frames)
         except (asyncio.CancelledError, _Gone):
             if not (subscriber.dropped or subscriber.gone):
                 raise
@@ -311,7 +320,8 @@ async def _problem(send, status: int, title: str, detail: str) -> None:
 def event_stream(app, gateway) -> EventStream:
     """The layer for ``gateway``, its hub woken by the gateway's own commits."""
     config = gateway.config
-    hub = EventHub(gateway.events, config.event_poll_interval)
+    # A batch never fills a queue on its own: a reader that keeps up is never dropped for a burst.
+    hub = EventHub(gateway.events, config.event_poll_interval, max(1, min(BATCH, config.event_queue_size // 2)))
     gateway.store.events.on_commit(hub.notify)
     gateway.event_hub = hub
     return EventStream(app, service=gateway.events, hub=hub, auth_enabled=config.auth_enabled, tokens=config.tokens,
