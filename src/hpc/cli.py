@@ -5,6 +5,7 @@
     hpc-gateway infra  add|list|show|rm|telemetry             infrastructures
     hpc-gateway job    submit|list|show|cancel|logs|wait      jobs
     hpc-gateway transfer http|s3-in|s3-out|list|show|cancel|wait
+    hpc-gateway events [--follow] [--job ID] [--transfer ID] [--type T]   the event stream
 
 The client commands talk to ``--url`` (default ``$HPC_URL``, else http://127.0.0.1:8080) with ``--token``
 (default ``$HPC_TOKEN``). Every one of them takes ``--json`` and then prints the gateway's JSON record(s)
@@ -857,6 +858,59 @@ def transfer_wait(transfer_ids: tuple[str, ...], kind: str | None, timeout: floa
     """Wait for transfers with progress bars; exit 0 only if every one completed."""
     client = _settings().client
     return _wait_transfers([client.get_transfer(transfer_id, kind) for transfer_id in transfer_ids], timeout, poll)
+
+
+# -- events ----------------------------------------------------------------------------------------------
+
+
+def _event_line(event: Mapping[str, Any]) -> str:
+    """One line per event: time, id, type, resource, and what changed."""
+    data = event.get("data") or {}
+    resource = event.get("resource") or {}
+    if event.get("type", "").endswith(".state"):
+        what = f"{data.get('old_state') or '-'} -> {data.get('state')}"
+        if data.get("exit_code") is not None:
+            what += f" (exit {data['exit_code']})"
+        if data.get("reason"):
+            what += f": {data['reason']}"
+    elif event.get("type") == "transfer.progress":
+        what = _bytes_text(data) + (f" at {data['rate'] / 1e6:.1f} MB/s" if data.get("rate") else "")
+    elif event.get("type") == "job.output":
+        what = ("final output" if data.get("final") else "output growing") + f" ({data.get('state')})"
+    else:
+        what = json.dumps(data, sort_keys=True)
+    return (f"{_short_time(event.get('time'))}  {event.get('id'):>6}  {event.get('type', ''):<17} "
+            f"{resource.get('kind', '')} {resource.get('id', '')}  {what}")
+
+
+@cli.command("events")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--job", "jobs", multiple=True, metavar="ID", help="Only this job's events (repeatable).")
+@click.option("--transfer", "transfers", multiple=True, metavar="ID", help="Only this transfer's events (repeatable).")
+@click.option("--kind", type=click.Choice(["job", "transfer"]), help="Only events of jobs or of transfers.")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only these types: job.state, job.output, transfer.state, transfer.progress (repeatable).")
+@click.option("--after", "last_event_id", type=click.IntRange(0), metavar="ID",
+              help="Start after this event id (with --follow, default: the next new event).")
+@client_options
+def events(follow: bool, jobs: tuple[str, ...], transfers: tuple[str, ...], kind: str | None,
+           types: tuple[str, ...], last_event_id: int | None) -> int:
+    """Print events: state changes, transfer progress, job output availability.
+
+    \b
+    Without --follow: the stored events (after --after), then exit. With --follow: then every new event
+    as it happens; a dropped connection is resumed without a gap. --json prints one JSON document a line.
+    """
+    settings = _settings()
+    stream = settings.client.events(kind=kind, resource_id=list(jobs + transfers) or None, type=list(types) or None,
+                                    last_event_id=last_event_id, follow=follow)
+    for event in stream:
+        if settings.as_json:
+            click.echo(json.dumps(event, sort_keys=True))
+        else:
+            click.echo(_event_line(event))
+        sys.stdout.flush()
+    return EXIT_OK
 
 
 # -- the database schema (hpc/cli_db.py) ----------------------------------------------------------------

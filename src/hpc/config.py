@@ -88,6 +88,20 @@ class Config:
     sftp_parallel_threshold: int = 256 * 1024**2  # files from this size use sftp_streams
     s3_part_size: int = 16 * 1024**2  # multipart part size (grown to stay under 10000 parts)
     s3_concurrency: int = 4  # parts uploaded at once
+    # Events and webhooks (hpc.services.webhooks, hpc.api.sse). Webhook URLs pass the same address
+    # policy as transfer sources (source_allow_networks).
+    webhook_workers: int = 8  # deliveries under way at once in this process
+    webhook_per_subscription: int = 2  # of which at most this many to one subscription
+    webhook_timeout: float = 10.0  # seconds to connect, and of silence while waiting for the answer
+    webhook_max_attempts: int = 8  # tries before a delivery is dead-lettered
+    webhook_retry_delay: float = 2.0  # first backoff (seconds), doubled per failed try
+    webhook_retry_max_delay: float = 600.0  # backoff cap (seconds)
+    event_retention_days: float = 7.0  # events and ended deliveries are pruned after this
+    event_poll_interval: float = 0.25  # seconds between the SSE reader's looks at the store
+    event_heartbeat: float = 15.0  # seconds of silence after which an SSE stream gets a comment
+    event_queue_size: int = 1024  # events buffered per SSE subscriber before it is dropped as stalled
+    event_send_timeout: float = 30.0  # seconds one SSE write may wait for a client that does not read
+    event_max_subscribers: int = 2000  # SSE streams open at once in this process
 
     @property
     def resolved_database_url(self) -> str:
@@ -190,6 +204,18 @@ _CONVERTERS = {
     "sftp_parallel_threshold": parse_size,
     "s3_part_size": parse_size,
     "s3_concurrency": int,
+    "webhook_workers": int,
+    "webhook_per_subscription": int,
+    "webhook_timeout": float,
+    "webhook_max_attempts": int,
+    "webhook_retry_delay": float,
+    "webhook_retry_max_delay": float,
+    "event_retention_days": float,
+    "event_poll_interval": float,
+    "event_heartbeat": float,
+    "event_queue_size": int,
+    "event_send_timeout": float,
+    "event_max_subscribers": int,
 }
 
 

@@ -17,6 +17,7 @@ from hpc import errors
 from hpc.api import context, problems, validation, views
 from hpc.api.fastpath import StatusFastPath
 from hpc.api.guard import RequestGuard
+from hpc.api.sse import event_stream
 from hpc.config import Config, load_config
 from hpc.errors import NotFound
 from hpc.services.gateway import Gateway
@@ -75,10 +76,11 @@ def served_app(app: connexion.FlaskApp):
 
 
 def with_fast_path(app: connexion.FlaskApp):
-    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``)."""
+    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``) and
+    the event stream (``GET /events``, see ``hpc.api.sse``)."""
     gateway = app.gateway
     if not gateway.config.fast_path:
-        return app
+        return event_stream(app, gateway)
 
     def job(job_id, principal):
         try:
@@ -88,5 +90,5 @@ def with_fast_path(app: connexion.FlaskApp):
 
     renderers = {"job": job}
     renderers.update(getattr(gateway.transfers, "fast_renderers", lambda: {})())
-    return StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
-                          renderers=renderers)
+    return event_stream(StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
+                                       renderers=renderers), gateway)

@@ -40,6 +40,10 @@ class Stats(BaseModel):
     instance: str = Field(..., description="This replica's name in work leases.")
     ssh: dict[str, dict[str, Any]]
     jobs: dict[str, dict[str, int]]
+    events: dict[str, Any] | None = Field(
+        None,
+        description="(extension) This replica's SSE streams and webhook deliveries.",
+    )
 
 
 class ServiceName(Enum):
@@ -242,6 +246,12 @@ class JobRequest(BaseModel):
     env: dict[str, str] | None = Field(
         None, description='(extension) Environment variables exported for the payload.'
     )
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this resource (an implicit subscription:\nits id and signing secret come back once, in `callback` of the 201 answer).\n',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class JobStatusCode(Enum):
@@ -265,45 +275,6 @@ class Kind(Enum):
     serrano = 'serrano'
     script = 'script'
     command = 'command'
-
-
-class JobStatus(BaseModel):
-    id: UUID
-    scheduler_id: str = Field(
-        ...,
-        description="The scheduler's job id; empty until the scheduler accepted the job.",
-    )
-    infrastructure: str
-    status: JobStatusCode
-    state: JobState | None = None
-    native_state: str | None = Field(
-        None, description="The scheduler's own state word as last seen."
-    )
-    reason: str | None = Field(
-        None,
-        description='Why the job is in its state (scheduler reason, submit error, cancel).',
-    )
-    exit_code: int | None = None
-    name: str | None = None
-    kind: Kind | None = None
-    services: list[ServiceName] = Field(
-        ...,
-        description='The SERRANO services of the job; empty for script and command jobs.',
-    )
-    watch_period: float | None = None
-    cancel_requested: bool | None = None
-    created_at: AwareDatetime | None = None
-    submitted_at: AwareDatetime | None = None
-    started_at: AwareDatetime | None = None
-    ended_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-
-
-class JobList(BaseModel):
-    items: list[JobStatus]
-    total: int
-    limit: int
-    offset: int
 
 
 class Stream(Enum):
@@ -338,29 +309,6 @@ class TransferState(Enum):
     cancelled = 'cancelled'
 
 
-class TransferProgress(BaseModel):
-    """
-    (extension) Progress and outcome fields shared by every transfer status.
-    """
-
-    state: TransferState | None = None
-    bytes_done: int | None = None
-    bytes_total: int | None = None
-    percent: float | None = None
-    rate: float | None = Field(
-        None, description='Bytes per second over the last seconds.'
-    )
-    eta: float | None = Field(None, description='Seconds left at the current rate.')
-    sha256: str | None = Field(
-        None, description='SHA-256 of the delivered bytes, checked at the destination.'
-    )
-    attempts: int | None = None
-    created_at: AwareDatetime | None = None
-    started_at: AwareDatetime | None = None
-    ended_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-
-
 class FileTransferRequest(BaseModel):
     src: str = Field(
         ..., description='http:// or https:// URL', max_length=8192, min_length=1
@@ -372,15 +320,12 @@ class FileTransferRequest(BaseModel):
         min_length=1,
     )
     infrastructure: str = Field(..., max_length=128, min_length=1)
-
-
-class FileTransferStatus(TransferProgress):
-    id: UUID
-    src: str
-    dst: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class S3FileTransferRequest(BaseModel):
@@ -392,18 +337,12 @@ class S3FileTransferRequest(BaseModel):
     secret_key: str = Field(..., max_length=1024, min_length=1)
     dst: str = Field(..., max_length=4096, min_length=1)
     infrastructure: str = Field(..., max_length=128, min_length=1)
-
-
-class S3FileTransferStatus(TransferProgress):
-    id: UUID
-    endpoint: str
-    bucket: str
-    object: str
-    region: str
-    dst: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class S3ResultTransferRequest(BaseModel):
@@ -415,18 +354,12 @@ class S3ResultTransferRequest(BaseModel):
     secret_key: str = Field(..., max_length=1024, min_length=1)
     src: str = Field(..., max_length=4096, min_length=1)
     infrastructure: str = Field(..., max_length=128, min_length=1)
-
-
-class S3ResultTransferStatus(TransferProgress):
-    id: UUID
-    endpoint: str
-    bucket: str
-    object: str
-    region: str
-    src: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class Kind1(Enum):
@@ -435,29 +368,131 @@ class Kind1(Enum):
     s3_result = 's3_result'
 
 
-class TransferStatus(TransferProgress):
+class EventType(Enum):
     """
-    Any transfer's status, with `kind` telling which.
+    `job.state` (a job's state changed, or it was created: data has state, old_state, status,
+    reason, exit_code, native_state, scheduler_id), `job.output` (output can be read: when the job
+    starts running, and finally when it ended; data has state, streams, final), `transfer.state`
+    (data has state, old_state, reason, bytes_done, bytes_total, sha256), `transfer.progress` (at most
+    one per transfer per second while bytes move: state, bytes_done, bytes_total, rate).
+
     """
 
+    job_output = 'job.output'
+    job_state = 'job.state'
+    transfer_progress = 'transfer.progress'
+    transfer_state = 'transfer.state'
+
+
+class Kind2(Enum):
+    job = 'job'
+    transfer = 'transfer'
+
+
+class Resource(BaseModel):
+    kind: Kind2
     id: UUID
-    kind: Kind1
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
-    src: str | None = None
-    dst: str | None = None
-    endpoint: str | None = None
-    bucket: str | None = None
-    object: str | None = None
-    region: str | None = None
 
 
-class TransferList(BaseModel):
-    items: list[TransferStatus]
+class Event(BaseModel):
+    id: int = Field(
+        ..., description='Increasing; the SSE id and the key to deduplicate on.'
+    )
+    type: EventType
+    time: AwareDatetime = Field(..., description='When the change was recorded.')
+    resource: Resource
+    data: dict[str, Any] = Field(..., description="The type's payload (see EventType).")
+    subscription: UUID | None = Field(
+        None, description="In webhook deliveries: the subscription's id."
+    )
+
+
+class SubscriptionRequest(BaseModel):
+    url: str = Field(
+        ...,
+        description='http:// or https:// URL the events are POSTed to.',
+        max_length=2048,
+        min_length=1,
+    )
+    types: list[EventType] | None = Field(
+        None, description='Event types delivered (default all).', max_length=100
+    )
+    resource_ids: list[UUID] | None = Field(
+        None,
+        description='Only events of these jobs or transfers (default all the caller may see).',
+        max_length=100,
+    )
+
+
+class DeliveryCounts(BaseModel):
+    pending: int | None = None
+    delivered: int | None = None
+    dead: int | None = None
+
+
+class DeadLetter(BaseModel):
+    event_id: int | None = None
+    attempts: int | None = None
+    last_status: int | None = Field(
+        None, description='The HTTP status of the last try (null if no answer).'
+    )
+    last_error: str | None = None
+    ended_at: AwareDatetime | None = None
+
+
+class Source(Enum):
+    """
+    `callback`: made by a request's callback_url.
+    """
+
+    api = 'api'
+    callback = 'callback'
+
+
+class Subscription(BaseModel):
+    id: UUID
+    url: str
+    types: list[EventType] | None = None
+    resource_ids: list[str] | None = None
+    source: Source | None = Field(
+        None, description="`callback`: made by a request's callback_url."
+    )
+    owner: str | None = None
+    created_at: AwareDatetime | None = None
+    deliveries: DeliveryCounts | None = None
+    last_error: str | None = Field(
+        None, description='The reason the last failed try failed.'
+    )
+    last_error_at: AwareDatetime | None = None
+    last_delivered_at: AwareDatetime | None = None
+    dead_letters: list[DeadLetter] | None = Field(
+        None,
+        description='The latest dead-lettered deliveries (GET /subscription/{id} only).',
+    )
+
+
+class SubscriptionCreated(Subscription):
+    secret: str = Field(
+        ..., description='The signing secret. Shown in this answer only.'
+    )
+
+
+class SubscriptionList(BaseModel):
+    items: list[Subscription]
     total: int
     limit: int
     offset: int
+
+
+class CallbackSubscription(BaseModel):
+    """
+    (extension) In the 201 answer of a request with `callback_url` only.
+    """
+
+    subscription_id: UUID
+    secret: str = Field(
+        ..., description="The signing secret of the callback's deliveries. Shown once."
+    )
 
 
 class InfrastructureSettings(BaseModel):
@@ -531,3 +566,125 @@ class InfrastructureSummary(BaseModel):
     )
     settings: InfrastructureSettings | None = None
     created_at: AwareDatetime | None = None
+
+
+class JobStatus(BaseModel):
+    id: UUID
+    scheduler_id: str = Field(
+        ...,
+        description="The scheduler's job id; empty until the scheduler accepted the job.",
+    )
+    infrastructure: str
+    status: JobStatusCode
+    state: JobState | None = None
+    native_state: str | None = Field(
+        None, description="The scheduler's own state word as last seen."
+    )
+    reason: str | None = Field(
+        None,
+        description='Why the job is in its state (scheduler reason, submit error, cancel).',
+    )
+    exit_code: int | None = None
+    name: str | None = None
+    kind: Kind | None = None
+    services: list[ServiceName] = Field(
+        ...,
+        description='The SERRANO services of the job; empty for script and command jobs.',
+    )
+    watch_period: float | None = None
+    cancel_requested: bool | None = None
+    created_at: AwareDatetime | None = None
+    submitted_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    callback: CallbackSubscription | None = None
+
+
+class JobList(BaseModel):
+    items: list[JobStatus]
+    total: int
+    limit: int
+    offset: int
+
+
+class TransferProgress(BaseModel):
+    """
+    (extension) Progress and outcome fields shared by every transfer status.
+    """
+
+    state: TransferState | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    percent: float | None = None
+    rate: float | None = Field(
+        None, description='Bytes per second over the last seconds.'
+    )
+    eta: float | None = Field(None, description='Seconds left at the current rate.')
+    sha256: str | None = Field(
+        None, description='SHA-256 of the delivered bytes, checked at the destination.'
+    )
+    attempts: int | None = None
+    created_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    callback: CallbackSubscription | None = None
+
+
+class FileTransferStatus(TransferProgress):
+    id: UUID
+    src: str
+    dst: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class S3FileTransferStatus(TransferProgress):
+    id: UUID
+    endpoint: str
+    bucket: str
+    object: str
+    region: str
+    dst: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class S3ResultTransferStatus(TransferProgress):
+    id: UUID
+    endpoint: str
+    bucket: str
+    object: str
+    region: str
+    src: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class TransferStatus(TransferProgress):
+    """
+    Any transfer's status, with `kind` telling which.
+    """
+
+    id: UUID
+    kind: Kind1
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+    src: str | None = None
+    dst: str | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    object: str | None = None
+    region: str | None = None
+
+
+class TransferList(BaseModel):
+    items: list[TransferStatus]
+    total: int
+    limit: int
+    offset: int

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     app.gateway.start()
     try:
         uvicorn.run(served_app(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
-                    access_log=False, lifespan="off")
+                    access_log=False, lifespan="off",
+                    # Event streams (GET /events) never end by themselves: a shutdown cuts them after this.
+                    timeout_graceful_shutdown=5)
     finally:
         app.gateway.stop()
     return 0

@@ -25,6 +25,7 @@ import requests
 
 from hpc import __version__
 from hpc.client import errors
+from hpc.client.events import ChangeNotifier, iter_events
 from hpc.client.records import (
     JOB_FINAL_STATES,
     Health,
@@ -32,7 +33,9 @@ from hpc.client.records import (
     InfrastructureTelemetry,
     JobOutput,
     JobStatus,
+    Event,
     Page,
+    Subscription,
     TransferKind,
     TransferStatus,
 )
@@ -46,6 +49,9 @@ TRANSFER_PATHS: dict[str, str] = {"http": "/data", "s3_data": "/s3_data", "s3_re
 # deadline, instead of giving up on the first one.
 _TRANSIENT_STATUSES = frozenset({502, 503, 504})
 _MAX_TRANSIENT_FAILURES = 60
+# While waiting on the event stream, a record is still read this often (seconds) in case a change was
+# recorded while the stream was reconnecting.
+_EVENT_WAIT_POLL = 30.0
 
 
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,8 +273,11 @@ class Client:
 
     def wait_for_job(self, job_id: str | Mapping[str, Any], *, timeout: float | None = None,
                      poll: float = 1.0, on_update: Callable[[JobStatus], None] | None = None,
-                     until: Callable[[JobStatus], bool] = job_done) -> JobStatus:
-        """Polls a job until its ``status`` reads ``completed``; returns the last record.
+                     until: Callable[[JobStatus], bool] = job_done, use_events: bool = True) -> JobStatus:
+        """Waits until a job's ``status`` reads ``completed``; returns the last record.
+
+        The record is read again whenever the event stream (``GET /events``) reports a change of the
+        job; against a gateway without the stream (or with ``use_events=False``) every ``poll`` seconds.
 
         Check ``state`` (``completed``, ``failed``, ``cancelled``, ``timeout``), ``exit_code`` and
         ``reason`` for the outcome; :func:`job_succeeded` does.
@@ -279,34 +288,45 @@ class Client:
             poll: Seconds between polls.
             on_update: Called with every record read (for a progress display).
             until: What to wait for instead of the end, e.g. ``lambda j: j["state"] == "running"``.
+            use_events: Wait on the event stream when the gateway has one.
 
         Raises:
             WaitTimeout: The job had not ended in time (``.last`` is the last record).
         """
         job_id = _id_of(job_id)
-        return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update)
+        return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update,
+                          job_id if use_events else None)
 
     # -- transfers ---------------------------------------------------------------------------------
 
-    def create_http_transfer(self, src: str, dst: str, infrastructure: str) -> TransferStatus:
-        """POST /data: copies an http(s) URL to ``dst`` on the cluster (relative to the home directory)."""
-        record = self.request("POST", "/data", json={"src": src, "dst": dst, "infrastructure": infrastructure})
+    def create_http_transfer(self, src: str, dst: str, infrastructure: str, *,
+                             callback_url: str | None = None) -> TransferStatus:
+        """POST /data: copies an http(s) URL to ``dst`` on the cluster (relative to the home directory).
+
+        ``callback_url`` (on every create method, and ``submit_job``): a webhook URL that gets every
+        event of the new resource; the answer's ``callback`` holds its signing secret, shown once."""
+        record = self.request("POST", "/data", json=_clean({"src": src, "dst": dst, "infrastructure": infrastructure,
+                                                            "callback_url": callback_url}))
         return self._remember(record, "http")
 
     def create_s3_data_transfer(self, *, endpoint: str, bucket: str, object: str, dst: str,
                                 infrastructure: str, access_key: str, secret_key: str,
-                                region: str = "local") -> TransferStatus:
+                                region: str = "local", callback_url: str | None = None) -> TransferStatus:
         """POST /s3_data: copies an S3 object to ``dst`` on the cluster."""
         body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
-                "access_key": access_key, "secret_key": secret_key, "dst": dst, "infrastructure": infrastructure}
+                "access_key": access_key, "secret_key": secret_key, "dst": dst, "infrastructure": infrastructure,
+                "callback_url": callback_url}
+        body = _clean(body)
         return self._remember(self.request("POST", "/s3_data", json=body), "s3_data")
 
     def create_s3_result_transfer(self, *, endpoint: str, bucket: str, object: str, src: str,
                                   infrastructure: str, access_key: str, secret_key: str,
-                                  region: str = "local") -> TransferStatus:
+                                  region: str = "local", callback_url: str | None = None) -> TransferStatus:
         """POST /s3_result: copies ``src`` on the cluster to an S3 object."""
         body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
-                "access_key": access_key, "secret_key": secret_key, "src": src, "infrastructure": infrastructure}
+                "access_key": access_key, "secret_key": secret_key, "src": src, "infrastructure": infrastructure,
+                "callback_url": callback_url}
+        body = _clean(body)
         return self._remember(self.request("POST", "/s3_result", json=body), "s3_result")
 
     def get_transfer(self, transfer_id: str, kind: TransferKind | None = None) -> TransferStatus:
@@ -333,8 +353,12 @@ class Client:
 
     def wait_for_transfer(self, transfer_id: str | Mapping[str, Any], kind: TransferKind | None = None, *,
                           timeout: float | None = None, poll: float = 1.0,
-                          on_update: Callable[[TransferStatus], None] | None = None) -> TransferStatus:
-        """Polls a transfer until its ``status`` is no longer ``transferring``; returns the last record.
+                          on_update: Callable[[TransferStatus], None] | None = None,
+                          use_events: bool = True) -> TransferStatus:
+        """Waits until a transfer's ``status`` is no longer ``transferring``; returns the last record.
+
+        Reads the record when the event stream reports a change (progress comes about once a second),
+        else every ``poll`` seconds, as :meth:`wait_for_job` does.
 
         ``state`` tells the outcome (``completed``, ``failed``, ``cancelled``) and ``reason`` why;
         ``bytes_done``, ``bytes_total``, ``rate`` and ``eta`` show progress in every record passed to
@@ -347,7 +371,7 @@ class Client:
             kind = kind or transfer_id.get("kind")
         transfer_id = _id_of(transfer_id)
         return self._wait(lambda: self.get_transfer(transfer_id, kind), transfer_done, f"transfer {transfer_id}",
-                          timeout, poll, on_update)
+                          timeout, poll, on_update, transfer_id if use_events else None)
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -373,28 +397,78 @@ class Client:
         raise not_found
 
     def _wait(self, read: Callable[[], dict], done: Callable[[dict], bool], what: str, timeout: float | None,
-              poll: float, on_update: Callable[[dict], None] | None) -> dict:
+              poll: float, on_update: Callable[[dict], None] | None, watch_id: str | None = None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, Any] = {}
         failures = 0
-        while True:
-            try:
-                record = read()
-            except (errors.GatewayUnreachable, errors.ServerError) as exc:
-                # Ridden out for a while once the record was seen: a gateway restart or a proxy's 502
-                # must not abort a wait of hours. An error on the first read is the caller's to see.
-                transient = isinstance(exc, errors.GatewayUnreachable) or exc.status in _TRANSIENT_STATUSES
-                failures += 1
-                if not last or not transient or failures > _MAX_TRANSIENT_FAILURES:
-                    raise
-            else:
-                failures = 0
-                last = record
-                if on_update is not None:
-                    on_update(record)
-                if done(record):
-                    return record
-            _sleep(poll, deadline, what, timeout, lambda: last)
+        # Connected before the first read: a change between that read and the stream cannot be missed.
+        notifier = ChangeNotifier(self, [watch_id]) if watch_id else None
+        try:
+            while True:
+                try:
+                    record = read()
+                except (errors.GatewayUnreachable, errors.ServerError) as exc:
+                    # Ridden out for a while once the record was seen: a gateway restart or a proxy's 502
+                    # must not abort a wait of hours. An error on the first read is the caller's to see.
+                    transient = isinstance(exc, errors.GatewayUnreachable) or exc.status in _TRANSIENT_STATUSES
+                    failures += 1
+                    if not last or not transient or failures > _MAX_TRANSIENT_FAILURES:
+                        raise
+                else:
+                    failures = 0
+                    last = record
+                    if on_update is not None:
+                        on_update(record)
+                    if done(record):
+                        return record
+                if notifier is not None and notifier.available and failures == 0:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.WaitTimeout(what, timeout or 0, last)
+                    notifier.wait(_EVENT_WAIT_POLL if left is None else min(_EVENT_WAIT_POLL, left))
+                else:
+                    _sleep(poll, deadline, what, timeout, lambda: last)
+        finally:
+            if notifier is not None:
+                notifier.close()
+
+    # -- events and webhooks -----------------------------------------------------------------------
+
+    def events(self, *, kind: str | None = None, resource_id: str | Sequence[str] | None = None,
+               type: str | Sequence[str] | None = None, last_event_id: int | None = None,
+               follow: bool = True, reconnect: bool = True) -> Iterator[Event]:
+        """GET /events: the caller's events (an admin's: all) as documents, oldest first.
+
+        With ``follow`` the iterator waits for new events for ever (break out of the loop to stop);
+        without, it ends after the stored ones. A dropped connection is resumed from the last event id
+        seen (``reconnect``), so nothing is missed and nothing repeats. ``last_event_id`` starts after
+        that event (default: with the next new event, or with the oldest stored one when not following).
+
+        Each document: ``id``, ``type`` (``job.state``, ``job.output``, ``transfer.state``,
+        ``transfer.progress``), ``time``, ``resource`` (``kind``, ``id``) and ``data``.
+        """
+        return iter_events(self, kind=kind, resource_id=resource_id, type=type, last_event_id=last_event_id,
+                           follow=follow, reconnect=reconnect)
+
+    def create_subscription(self, url: str, *, types: Sequence[str] | None = None,
+                            resource_ids: Sequence[str] | None = None) -> Subscription:
+        """POST /subscription: ``url`` gets matching events, signed; the answer's ``secret`` is shown once
+        (check deliveries with :func:`hpc.client.webhooks.verify_delivery` or ``WebhookReceiver``)."""
+        body = _clean({"url": url, "types": list(types) if types is not None else None,
+                       "resource_ids": list(resource_ids) if resource_ids is not None else None})
+        return self.request("POST", "/subscription", json=body)
+
+    def list_subscriptions(self, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /subscription: the caller's webhook subscriptions (an admin's: all), newest first."""
+        return self._get("/subscription", limit=limit, offset=offset)
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """GET /subscription/{id}: with delivery counts, the last error and the latest dead letters."""
+        return self._get(f"/subscription/{_segment(subscription_id)}")
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """DELETE /subscription/{id}: no more deliveries; undelivered ones are dropped."""
+        self.request("DELETE", f"/subscription/{_segment(subscription_id)}")
 
 
 def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None,

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from hpc.client.api import Client, job_done, job_succeeded, transfer_done, transfer_succeeded
 from hpc.client.errors import WaitTimeout
+from hpc.client.events import ChangeNotifier
 
 _PLAIN_EVERY = 5.0  # seconds between plain progress lines while only the byte count changes
 
@@ -254,34 +255,47 @@ class TransferDisplay(_Display):
 
 def _watch(records: Iterable[Mapping[str, Any]], read: Callable[[Mapping[str, Any]], dict],
            done: Callable[[Mapping[str, Any]], bool], display: _Display, timeout: float | None, poll: float,
-           what: str) -> list[dict]:
+           what: str, client: Client | None = None) -> list[dict]:
     current = {str(r["id"]): dict(r) for r in records}
     order = list(current)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with display:
-        for record in current.values():
-            display.update(record)
-        while True:
-            pending = [key for key in order if not done(current[key])]
-            if not pending:
-                return [current[key] for key in order]
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"{len(pending)} {what}(s)", timeout or 0, current[pending[0]])
-            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
-            for key in pending:
-                current[key] = read(current[key])
-                display.update(current[key])
+    # With the gateway's event stream, records are read when they changed, not every poll period.
+    notifier = ChangeNotifier(client, [k for k in order if not done(current[k])]) if client is not None else None
+    try:
+        with display:
+            for record in current.values():
+                display.update(record)
+            first = notifier is not None and notifier.available
+            while True:
+                pending = [key for key in order if not done(current[key])]
+                if not pending:
+                    return [current[key] for key in order]
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"{len(pending)} {what}(s)", timeout or 0, current[pending[0]])
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if first:
+                    first = False  # one read right after the stream opened: nothing slips between
+                elif notifier is not None and notifier.available:
+                    notifier.wait(30.0 if left is None else min(30.0, left))
+                else:
+                    time.sleep(poll if left is None else min(poll, left))
+                for key in pending:
+                    current[key] = read(current[key])
+                    display.update(current[key])
+    finally:
+        if notifier is not None:
+            notifier.close()
 
 
 def watch_jobs(client: Client, jobs: Iterable[Mapping[str, Any]], *, timeout: float | None = None,
                poll: float = 0.5, stream: IO[str] | None = None, live: bool | None = None) -> list[dict]:
     """Waits for every job, showing a live line for each; returns their final records in order."""
     return _watch(jobs, lambda job: client.get_job(job["id"]), job_done, JobDisplay(stream, live), timeout,
-                  poll, "job")
+                  poll, "job", client)
 
 
 def watch_transfers(client: Client, transfers: Iterable[Mapping[str, Any]], *, timeout: float | None = None,
                     poll: float = 0.5, stream: IO[str] | None = None, live: bool | None = None) -> list[dict]:
     """Waits for every transfer, showing a progress bar for each; returns their final records in order."""
     return _watch(transfers, lambda t: client.get_transfer(t["id"], t.get("kind")), transfer_done,
-                  TransferDisplay(stream, live), timeout, poll, "transfer")
+                  TransferDisplay(stream, live), timeout, poll, "transfer", client)

@@ -6,7 +6,7 @@ serialise as JSON without conversion; the types only tell an editor and a type c
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from hpc.states import JOB_ENDED_STATES
 
@@ -124,3 +124,40 @@ class Page(TypedDict):
     total: int
     limit: int
     offset: int
+
+
+EventType = Literal["job.state", "job.output", "transfer.state", "transfer.progress"]
+
+
+class EventResource(TypedDict):
+    kind: Literal["job", "transfer"]
+    id: str
+
+
+class Event(TypedDict, total=False):
+    """One event of ``GET /events`` or a webhook delivery (which adds ``subscription``)."""
+
+    id: int
+    type: EventType
+    time: str
+    resource: EventResource
+    data: dict[str, Any]
+    subscription: str
+
+
+class Subscription(TypedDict, total=False):
+    """A webhook subscription; ``secret`` only in the answer that created it."""
+
+    id: str
+    url: str
+    types: list[EventType] | None
+    resource_ids: list[str] | None
+    source: Literal["api", "callback"]
+    owner: str
+    created_at: str
+    deliveries: dict[str, int]
+    last_error: str | None
+    last_error_at: str | None
+    last_delivered_at: str | None
+    dead_letters: list[dict[str, Any]]
+    secret: str

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hpc.store import tables
+from hpc.store.events import DeliveryRepository, EventLog, SubscriptionRepository, watched_columns
 from hpc.store.tables import utcnow
 
 
@@ -27,10 +28,15 @@ def _row(row) -> dict[str, Any] | None:
 
 
 class _Repository:
+    """Inserts and updates that write a column watched for events (``hpc.store.events.RULES``) go through
+    the event log, which records the events in the same transaction."""
+
     table: sa.Table
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, events: EventLog | None = None):
         self.engine = engine
+        self.events = events
+        self._watched = watched_columns(self.table.name) if events is not None else frozenset()
 
     @property
     def _key(self) -> sa.Column:
@@ -38,8 +44,11 @@ class _Repository:
 
     def insert(self, values: dict[str, Any]) -> dict[str, Any]:
         try:
-            with self.engine.begin() as conn:
-                conn.execute(self.table.insert().values(**values))
+            if self._watched & set(values):
+                self.events.insert_row(self.table, values)
+            else:
+                with self.engine.begin() as conn:
+                    conn.execute(self.table.insert().values(**values))
         except sa.exc.IntegrityError:
             raise DuplicateKey(values[self._key.name]) from None
         return self.get(values[self._key.name])
@@ -57,6 +66,8 @@ class _Repository:
     def update(self, key: str, where: Iterable[sa.ColumnElement] = (), **values: Any) -> bool:
         """Updates one row, optionally only if ``where`` holds; True if a row changed."""
         values.setdefault("updated_at", utcnow())
+        if self._watched & set(values):
+            return self.events.update_row(self.table, key, where, values)
         statement = self.table.update().where(self._key == key, *where).values(**values)
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
@@ -233,24 +244,24 @@ class TransferRepository(_Repository):
         """Ends a transfer no worker ever started (nothing to clean up); True if it was such a one."""
         c = self.table.c
         now = utcnow()
-        statement = (
-            self.table.update()
-            .where(c.id == transfer_id, c.state == "queued", c.started_at.is_(None),
-                   sa.or_(c.lease_owner.is_(None), c.lease_until < now))
-            .values(state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now,
-                    updated_at=now)
+        return self.update(
+            transfer_id,
+            [c.state == "queued", c.started_at.is_(None), sa.or_(c.lease_owner.is_(None), c.lease_until < now)],
+            state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now, updated_at=now,
         )
-        with self.engine.begin() as conn:
-            return conn.execute(statement).rowcount == 1
+
 
 class Store:
     """The repositories over one engine."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.events = EventLog(engine)
         self.infrastructures = InfrastructureRepository(engine)
-        self.jobs = JobRepository(engine)
-        self.transfers = TransferRepository(engine)
+        self.jobs = JobRepository(engine, self.events)
+        self.transfers = TransferRepository(engine, self.events)
+        self.subscriptions = SubscriptionRepository(engine, self.events)
+        self.deliveries = DeliveryRepository(engine)
 
     @property
     def dialect(self) -> str:

@@ -122,3 +122,60 @@ transfers = sa.Table(
     sa.Column("lease_owner", sa.String(255)),
     sa.Column("lease_until", UTCDateTime),
 )
+
+# -- events and webhooks (see hpc.store.events) -------------------------------------------------------
+
+# The event log: one row per state change of a job or a transfer (and per progress step, at a bounded
+# rate), written in the same transaction as the change. ``id`` orders events: it is the SSE ``id`` and the
+# webhook event id. AUTOINCREMENT on SQLite so that an id is never reused after old events are pruned.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("type", sa.String(64), nullable=False),  # job.state, transfer.state, transfer.progress, ...
+    sa.Column("kind", sa.String(16), nullable=False),  # the resource's kind: job | transfer
+    sa.Column("resource_id", sa.String(36), nullable=False, index=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("data", sa.JSON, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Webhook subscriptions. ``secret_enc`` is the Fernet token of the signing secret (shown once, at creation).
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("admin", sa.Boolean, nullable=False, default=False),  # the owner's role at creation: sees all
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret_enc", sa.Text, nullable=False),
+    sa.Column("types", sa.JSON),  # event types delivered; null: all
+    sa.Column("resource_ids", sa.JSON),  # resources whose events are delivered; null: all visible
+    sa.Column("source", sa.String(16), nullable=False, default="api"),  # api | callback (callback_url)
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", UTCDateTime),
+    sa.Column("last_delivered_at", UTCDateTime),
+)
+
+# The webhook outbox: one row per event x subscription, written with the event (or with the
+# subscription, for a callback's earlier events). Claimed with leases by the delivery workers.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("subscription_id", sa.String(36), nullable=False, index=True),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | dead
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(255)),
+    sa.Column("lease_until", UTCDateTime),
+    sa.Column("last_status", sa.Integer),  # HTTP status of the last try, null if no answer
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+    sqlite_autoincrement=True,
+)

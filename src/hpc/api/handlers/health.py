@@ -17,4 +17,5 @@ def get_stats():
     gw = gateway()
     if not caller().is_admin:
         raise Forbidden("the counters are for admins")
-    return reply({"instance": gw.config.resolved_instance_id, "ssh": gw.pool.stats(), "jobs": gw.jobs.stats()})
+    return reply({"instance": gw.config.resolved_instance_id, "ssh": gw.pool.stats(), "jobs": gw.jobs.stats(),
+                  "events": gw.events_stats()})

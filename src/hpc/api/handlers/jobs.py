@@ -3,12 +3,15 @@
 from hpc.api import views
 from hpc.api.auth import caller
 from hpc.api.context import gateway
+from hpc.api.handlers.events import check_callback, with_callback
 from hpc.api.models import JobRequest
 
 
 def create_job(body):
-    row = gateway().jobs.create(views.parse(JobRequest, body), caller())
-    return views.reply(views.job_status(row), 201)
+    request = views.parse(JobRequest, body)
+    callback_url = check_callback(request.callback_url)
+    row = gateway().jobs.create(request, caller())
+    return views.reply(with_callback(views.job_status(row), callback_url, "job", row["id"]), 201)
 
 
 def get_job(job_id):
