@@ -544,8 +544,8 @@ qsort_args         NONE
 EOF
     SGE_PE_CHANGED=$CHANGED
     # load_thresholds NONE: on a loaded shared box np_load_avg would put the queue in alarm state and
-    # stop scheduling. terminate_method SIGTERM: see testbed/README.md (qdel and h_rt end the job with
-    # TERM, so the batch script's trap records exit code 143, as under Slurm).
+    # stop scheduling. terminate_method NONE (the default): qdel and h_rt end a job with SIGKILL, as on
+    # most sites, so the gateway must (and does) read the outcome from qacct.
     CHANGED=0
     write_file "$TB/sge/cqueues/$SGE_QUEUE" 644 <<EOF
 qname                 $SGE_QUEUE
@@ -571,7 +571,7 @@ shell_start_mode      unix_behavior
 starter_method        NONE
 suspend_method        NONE
 resume_method         NONE
-terminate_method      SIGTERM
+terminate_method      NONE
 notify                00:00:60
 owner_list            NONE
 user_lists            NONE

@@ -139,9 +139,14 @@ class SgeScheduler(Scheduler):
         if res.nodes and res.nodes > 1:
             raise ValueError("Grid Engine jobs run on one host (parallel environment smp): nodes must be 1")
         slots = (res.tasks or 1) * (res.cpus_per_task or 1)
-        opts = ["-S /bin/bash", f"-N {sanitize_job_name(spec.name)}", f"-wd {_plain('job_dir', spec.job_dir, PLAIN_PATH)}"]
-        opts += [f"-o {_plain('stdout', spec.stdout_path, PLAIN_PATH)}", f"-e {_plain('stderr', spec.stderr_path, PLAIN_PATH)}"]
-        opts.append("-w e")  # refuse at submit what no queue could ever run, instead of pending forever
+        opts = [
+            "-S /bin/bash",
+            f"-N {sanitize_job_name(spec.name)}",
+            f"-wd {_plain('job_dir', spec.job_dir, PLAIN_PATH)}",
+            f"-o {_plain('stdout', spec.stdout_path, PLAIN_PATH)}",
+            f"-e {_plain('stderr', spec.stderr_path, PLAIN_PATH)}",
+            "-w e",  # refuse at submit what no queue could ever run, instead of pending forever
+        ]
         if slots > 1:
             opts.append(f"-pe {PARALLEL_ENVIRONMENT} {slots}")
         if res.walltime_s:
@@ -179,7 +184,7 @@ class SgeScheduler(Scheduler):
     def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
         lines = (stdout or "").splitlines()
         marks = [i for i, line in enumerate(lines) if line.startswith(RC_MARK)]
-        if not marks or _leading_int(lines[marks[0]][len(RC_MARK):]) != 0:
+        if not marks or _leading_int(lines[marks[0]][len(RC_MARK) :]) != 0:
             raise SchedulerParseError(message_of("\n".join(lines[: marks[0]] if marks else lines), stderr))
         wanted, found = set(ids), {}
         for job in _xml("\n".join(lines[: marks[0]]), "qstat -xml").iter("job_list"):
@@ -204,7 +209,9 @@ class SgeScheduler(Scheduler):
         if state is JobState.UNKNOWN:
             log.warning("qstat: job %s has unknown state %r", job_id, native)
         reason = f"error state {native}: qstat -j {job_id} shows why, qmod -cj clears it" if "E" in native else None
-        return NativeStatus(job_id, state, native, reason=reason, start_time=start if state is JobState.RUNNING else None)
+        return NativeStatus(
+            job_id, state, native, reason=reason, start_time=start if state is JobState.RUNNING else None
+        )
 
     @staticmethod
     def _accounting_status(job_id: str, record: dict[str, str]) -> NativeStatus:
@@ -241,7 +248,8 @@ class SgeScheduler(Scheduler):
         lines = [line for line in f"{stdout or ''}\n{stderr or ''}".splitlines() if line.strip()]
         if exit_code == 0 or (lines and all(_GONE.search(line) or "for deletion" in line for line in lines)):
             return
-        raise SchedulerCommandError(message_of(stdout, stderr))
+        # qmaster down: the cause is on stderr ("commlib error ...") and the consequence on stdout.
+        raise SchedulerCommandError("\n".join(line.strip() for line in lines)[:2000] or message_of(stdout, stderr))
 
     def telemetry_command(self) -> str:
         return f"qstat -f -xml -r -u {quote('*')}"
@@ -254,7 +262,9 @@ class SgeScheduler(Scheduler):
         running: dict[str, set[str]] = {}
         for instance in root.iter("Queue-List"):
             queue = instance.findtext("name", "").partition("@")[0]
-            total, used, resv = (_leading_int(instance.findtext(k)) or 0 for k in ("slots_total", "slots_used", "slots_resv"))
+            total, used, resv = (
+                _leading_int(instance.findtext(k)) or 0 for k in ("slots_total", "slots_used", "slots_resv")
+            )
             usable = not (instance.findtext("state") or "").strip()  # any queue state letter (u, a, d, E, s ...)
             part = parts.setdefault(queue, Partition(queue, 0, 0, 0, 0, 0, 0))
             part.total_nodes += 1

@@ -19,11 +19,15 @@ from hpc.schedulers import (
     get_scheduler,
 )
 from hpc.schedulers.pbs import PbsScheduler
+from hpc.schedulers.sge import SgeScheduler
 from hpc.schedulers.slurm import SlurmScheduler
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
-NAMES = ["slurm", "pbs"]
-OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS "}
+NAMES = ["slurm", "pbs", "sge"]
+OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS ", "sge": "#$ "}
+CANCEL_PROGRAM = {"slurm": "scancel", "pbs": "qdel", "sge": "qdel"}
+# The scheduler reads the script from stdin (else it is uploaded and passed by path).
+SCRIPT_ON_STDIN = {"slurm": True, "pbs": False, "sge": True}
 HOSTILE = ["it's", '"dq"', "$(touch /tmp/x)", "`id`", "a\nEOF\nb", ";rm -rf ~", "%x %j", "#not a comment"]
 
 
@@ -61,6 +65,7 @@ def sched(request):
 def test_get_scheduler_names():
     assert isinstance(get_scheduler("slurm"), SlurmScheduler)
     assert isinstance(get_scheduler("pbs"), PbsScheduler)
+    assert isinstance(get_scheduler("sge"), SgeScheduler)
     with pytest.raises(ValueError):
         get_scheduler("lsf")
 
@@ -68,10 +73,10 @@ def test_get_scheduler_names():
 def test_script_uses_only_own_directives(sched):
     script = sched.render_script(spec(resources=Resources(nodes=1, tasks=2, walltime_s=90, partition="debug")))
     lines = script.splitlines()
-    other = OWN_PREFIX["pbs" if sched.name == "slurm" else "slurm"]
+    others = tuple(prefix for name, prefix in OWN_PREFIX.items() if name != sched.name)
     assert lines[0] == "#!/bin/bash"
     assert any(line.startswith(OWN_PREFIX[sched.name]) for line in lines)
-    assert [line for line in lines if line.startswith(other)] == []
+    assert [line for line in lines if line.startswith(others)] == []
     assert bash_syntax_ok(script) is True
 
 
@@ -130,7 +135,8 @@ def test_env_names_are_validated(bad):
 )
 def test_job_name_is_sanitized(sched, name, expected):
     lines = sched.render_script(spec(name=name)).splitlines()
-    assert (f"#SBATCH --job-name={expected}" in lines) or (f"#PBS -N {expected}" in lines)
+    line = {"slurm": f"#SBATCH --job-name={expected}", "pbs": f"#PBS -N {expected}", "sge": f"#$ -N {expected}"}
+    assert line[sched.name] in lines
 
 
 def test_submit_command_keeps_id_in_submit_out(sched):
@@ -138,7 +144,7 @@ def test_submit_command_keeps_id_in_submit_out(sched):
     assert command.startswith("cd /home/u/jobs/j1 && (")
     assert "> submit.out; rc=$?; cat submit.out; exit $rc)" in command
     assert bash_syntax_ok(command) is True
-    if sched.name == "slurm":
+    if SCRIPT_ON_STDIN[sched.name]:
         assert stdin == sched.render_script(spec()).encode()
     else:
         assert stdin is None
@@ -160,7 +166,12 @@ def test_status_command_is_one_command_for_many_ids(sched):
         ],
         "pbs": ["qstat", "-f", "1", "2", "3"],
     }
-    assert shlex.split(command) == expected[sched.name]
+    if sched.name == "sge":
+        # One qstat for all; a qacct only for the ids qstat no longer lists (see test_sge_status_command_runs).
+        assert command.count("qstat -xml") == 1
+        assert "for j in 1 2 3; do" in command
+    else:
+        assert shlex.split(command) == expected[sched.name]
     assert bash_syntax_ok(command) is True
 
 
@@ -179,7 +190,7 @@ def test_no_ids_is_an_error(sched):
 
 def test_cancel_command(sched):
     command = sched.cancel_command(["4", "5"])
-    assert shlex.split(command) == [{"slurm": "scancel", "pbs": "qdel"}[sched.name], "4", "5"]
+    assert shlex.split(command) == [CANCEL_PROGRAM[sched.name], "4", "5"]
 
 
 def test_telemetry_command_is_valid_shell(sched):
@@ -285,6 +296,27 @@ def test_every_telemetry_fixture_parses_or_is_unusable(sched_name, case):
         ("pbs", "status_failed", {}),
         ("pbs", "status_mixed_unknown", {}),
         ("pbs", "status_single_unknown", {}),
+        # Grid Engine: qstat while queued/running, then the accounting record (qacct) of each ended job.
+        ("sge", "status_queued", {"ok": JobState.QUEUED, "fail3": JobState.QUEUED}),
+        ("sge", "status_running", {"timeout": JobState.RUNNING}),
+        ("sge", "status_running_2", {"cancel": JobState.RUNNING}),
+        ("sge", "status_cancelled_queued", {}),  # deleted before it ran: no accounting record
+        ("sge", "status_cancelled_running", {"cancel": JobState.FAILED}),  # failed 100, 137: the service's cancel
+        ("sge", "status_timeout", {"timeout": JobState.TIMEOUT}),
+        ("sge", "status_completed", {"ok": JobState.COMPLETED}),
+        ("sge", "status_failed", {"fail3": JobState.FAILED}),
+        (
+            "sge",
+            "status_mixed_unknown",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "timeout": JobState.TIMEOUT,
+                "cancel": JobState.FAILED,
+            },
+        ),
+        ("sge", "status_single_unknown", {}),
+        ("sge", "status_error_state", {"error": JobState.QUEUED}),
         (
             "pbs",
             "status_pbspro_history",
@@ -348,6 +380,11 @@ def test_status_fixture_states(sched_name, case, expected):
         ("pbs", "status_pbspro_json", "fail3", 3),
         ("pbs", "status_torque_completed", "walltime", -11),
         ("pbs", "status_torque_completed", "killed", 137),
+        ("sge", "status_completed", "ok", 0),
+        ("sge", "status_failed", "fail3", 3),
+        ("sge", "status_timeout", "timeout", 137),
+        ("sge", "status_cancelled_running", "cancel", 137),
+        ("sge", "status_queued", "ok", None),
     ],
 )
 def test_status_fixture_exit_codes(sched_name, case, role, exit_code):
@@ -480,6 +517,18 @@ def test_slurm_parsable_with_cluster_suffix():
             "sbatch: error: Batch job submission failed: More processors requested than permitted",
         ),
         ("pbs", "submit_pbspro_bad_queue", "qsub: Unknown queue"),
+        (
+            "sge",
+            "submit_bad_partition",
+            'Unable to run job: Job was rejected because job requests unknown queue "nosuch"',
+        ),
+        ("sge", "submit_over_limit", "Unable to run job: error: no suitable queues"),
+        (
+            "sge",
+            "submit_controller_down",
+            "error: commlib error: got select error (Connection refused)\n"
+            'Unable to run job: unable to send message to qmaster using port 6444 on host "vm": got send error',
+        ),
     ],
 )
 def test_submit_refusals(sched_name, case, message):
@@ -598,3 +647,144 @@ def test_torque_jobs_attribute_counts_used_cores():
 def test_pbs_telemetry_failed_part_is_unusable():
     with pytest.raises(SchedulerParseError):
         PbsScheduler().parse_telemetry(0, "@@hpc-rc=1\n@@hpc-rc=0\n@@hpc-rc=0\n", "pbsnodes: cannot connect\n")
+
+
+# --- Grid Engine -------------------------------------------------------------------------------------
+
+
+def test_sge_status_fields():
+    sched, fx, result = parse("sge", "status_timeout")
+    status = sched.parse_status(*result, fx["ids"])[fx["roles"]["timeout"]]
+    assert (status.native_state, status.reason) == ("qacct failed=37", "qmaster enforced h_rt, h_cpu, or h_vmem limit")
+    assert status.start_time is not None
+    assert status.end_time is not None
+    running = parse("sge", "status_running")
+    assert (
+        running[0].parse_status(*running[2], running[1]["ids"])[running[1]["roles"]["timeout"]].start_time is not None
+    )
+
+
+def test_sge_status_command_runs_qacct_only_for_ids_qstat_does_not_list(tmp_path):
+    # The command's shell logic, run by bash with stand-ins for qstat and qacct that log their calls.
+    (tmp_path / "qstat").write_text(
+        "#!/bin/sh\nprintf '<job_info><job_list><JB_job_number>7</JB_job_number>"
+        "<state>r</state></job_list></job_info>\\n'\n"
+    )
+    (tmp_path / "qacct").write_text('#!/bin/sh\necho "qacct $*" >> "$(dirname "$0")/calls"\nexit 1\n')
+    for name in ("qstat", "qacct"):
+        (tmp_path / name).chmod(0o755)
+    command = SgeScheduler().status_command(["7", "70", "8"])
+    proc = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, check=False, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    )
+    assert (tmp_path / "calls").read_text() == "qacct -j 70\nqacct -j 8\n"
+    found = SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["7", "70", "8"])
+    assert {k: v.state for k, v in found.items()} == {"7": JobState.RUNNING}
+
+
+def _qacct(failed: str, exit_status: str, category: str = "NONE", wallclock: str = "5s") -> str:
+    return (
+        "==============================================================\n"
+        f"jobnumber    9\nstart_time   Tue Dec  1 14:53:31 2026\nend_time     Tue Dec  1 14:53:36 2026\n"
+        f"failed       {failed}\nexit_status  {exit_status}\nru_wallclock {wallclock}\ncategory     {category}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "state", "exit_code"),
+    [
+        (_qacct("0    ", "0"), JobState.COMPLETED, 0),
+        (_qacct("0    ", "3"), JobState.FAILED, 3),
+        (
+            _qacct("37  : qmaster enforced h_rt, h_cpu, or h_vmem limit", "137 (Killed)", "-l h_rt=5", "6s"),
+            JobState.TIMEOUT,
+            137,
+        ),
+        # Killed at a limit before h_rt was reached (h_vmem or h_cpu): not a timeout.
+        (
+            _qacct("37  : qmaster enforced h_rt, h_cpu, or h_vmem limit", "137", "-l h_rt=60,h_vmem=1G", "6s"),
+            JobState.FAILED,
+            137,
+        ),
+        (_qacct("100 : assumedly after job", "137 (Killed)"), JobState.FAILED, 137),
+        # The shepherd failed before the job: the payload never ran, its exit code is unknown.
+        (_qacct("26  : opening output file", "0"), JobState.FAILED, None),
+    ],
+)
+def test_sge_accounting_outcomes(record, state, exit_code):
+    out = f"<job_info/>\n@@hpc-rc=0\n@@hpc-qacct=9\n{record}@@hpc-rc=0\n"
+    status = SgeScheduler().parse_status(0, out, "", ["9"])["9"]
+    assert (status.state, status.exit_code) == (state, exit_code)
+
+
+def test_sge_reused_job_number_takes_the_last_accounting_record():
+    out = f"<job_info/>\n@@hpc-rc=0\n@@hpc-qacct=9\n{_qacct('0', '5')}{_qacct('0', '0')}@@hpc-rc=0\n"
+    assert SgeScheduler().parse_status(0, out, "", ["9"])["9"].exit_code == 0
+
+
+def test_sge_unknown_state_and_odd_accounting_do_not_abort(caplog):
+    out = (
+        "<job_info><job_list><JB_job_number>1</JB_job_number><state>zz</state></job_list>"
+        "<job_list><JB_job_number>2</JB_job_number><state>r</state></job_list></job_info>\n@@hpc-rc=0\n"
+        "@@hpc-qacct=3\njobnumber 3\nfailed weird\n@@hpc-rc=0\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        found = SgeScheduler().parse_status(0, out, "", ["1", "2", "3"])
+    assert {k: v.state for k, v in found.items()} == {
+        "1": JobState.UNKNOWN,
+        "2": JobState.RUNNING,
+        "3": JobState.UNKNOWN,
+    }
+    assert "zz" in caplog.text
+
+
+@pytest.mark.parametrize("stdout", ["", "not xml\n@@hpc-rc=0\n", "<job_info>\n@@hpc-rc=0\n"])
+def test_sge_unusable_status_output_raises(stdout):
+    with pytest.raises(SchedulerParseError):
+        SgeScheduler().parse_status(0, stdout, "", ["1"])
+
+
+def test_sge_array_task_running_wins_over_pending_rest():
+    out = (
+        "<job_info><job_list><JB_job_number>4</JB_job_number><state>r</state></job_list>"
+        "<job_list><JB_job_number>4</JB_job_number><state>qw</state></job_list></job_info>\n@@hpc-rc=0\n"
+    )
+    assert SgeScheduler().parse_status(0, out, "", ["4"])["4"].state is JobState.RUNNING
+
+
+@pytest.mark.parametrize(("case", "busy"), [("telemetry_busy", True), ("telemetry_after", False)])
+def test_sge_telemetry_captured(case, busy):
+    sched, fx, result = parse("sge", case)
+    (queue,) = sched.parse_telemetry(*result)
+    assert (queue.name, queue.total_nodes, queue.total_cpus) == ("all.q", 1, 2)
+    assert (queue.avail_nodes, queue.avail_cpus) == ((0, 0) if busy else (1, 2))
+    assert queue.running_jobs == (1 if busy else 0)  # the 2-slot time-limit job fills the host
+    assert queue.queued_jobs == fx["stdout"].count("<state>qw</state>") + fx["stdout"].count("<state>Eqw</state>")
+
+
+def test_sge_telemetry_counts_queue_states_and_requested_queues():
+    out = """<job_info><queue_info>
+      <Queue-List><name>a.q@n1</name><slots_used>1</slots_used><slots_resv>0</slots_resv><slots_total>4</slots_total>
+        <job_list state="running"><JB_job_number>1</JB_job_number></job_list></Queue-List>
+      <Queue-List><name>a.q@n2</name><slots_used>0</slots_used><slots_resv>0</slots_resv><slots_total>4</slots_total>
+        <state>d</state></Queue-List>
+      <Queue-List><name>b.q@n1</name><slots_used>0</slots_used><slots_resv>0</slots_resv><slots_total>2</slots_total>
+      </Queue-List></queue_info>
+      <job_info><job_list state="pending"><JB_job_number>2</JB_job_number><hard_req_queue>b.q</hard_req_queue>
+      </job_list><job_list state="pending"><JB_job_number>3</JB_job_number></job_list></job_info></job_info>"""
+    parts = {p.name: vars(p) for p in SgeScheduler().parse_telemetry(0, out, "")}
+    assert parts == {
+        "a.q": dict(
+            name="a.q", total_nodes=2, avail_nodes=0, total_cpus=8, avail_cpus=3, running_jobs=1, queued_jobs=1
+        ),
+        "b.q": dict(
+            name="b.q", total_nodes=1, avail_nodes=1, total_cpus=2, avail_cpus=2, running_jobs=0, queued_jobs=2
+        ),
+    }
+
+
+def test_sge_cancel_message_names_both_lines():
+    sched, _, result = parse("sge", "cancel_controller_down")
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_cancel(*result)
+    assert "unable to send message to qmaster" in err.value.message
