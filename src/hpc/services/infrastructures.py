@@ -32,6 +32,7 @@ from hpc.ssh import (
     SSHTarget,
     SSHTimeout,
     SSHUnreachable,
+    quote,
 )
 from hpc.store import DuplicateKey, Store
 from hpc.store.tables import utcnow
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # The program each scheduler must offer on the login node, checked at registration. Grid Engine is
 # told apart from the Torque/PBS commands of the same names by qconf, which only Grid Engine has.
 _SCHEDULER_PROBE = {"slurm": "sbatch", "pbs": "qsub", "sge": "qconf"}
+
+
+SETUP_FAILED = "hpc-gateway: the last of the infrastructure's command_setup_lines failed"
 
 
 def with_command_setup(command: str, setup_lines: list[str] | tuple[str, ...] | None) -> str:
@@ -55,7 +59,7 @@ def with_command_setup(command: str, setup_lines: list[str] | tuple[str, ...] | 
         return command
     setup = "\n".join(setup_lines)
     return (f"{{\n{setup}\n}} >/dev/null 2>&1 </dev/null || "
-            f"{{ echo 'hpc-gateway: command_setup_lines failed' >&2; exit 127; }}\n{command}")
+            f"{{ echo {quote(SETUP_FAILED)} >&2; exit 127; }}\n{command}")
 
 
 def ssh_failure(exc: SSHError, action: str) -> Exception:
@@ -167,6 +171,9 @@ class InfrastructureService:
             program = _SCHEDULER_PROBE[scheduler]
             result = connection.run(with_command_setup(f"command -v {program}", setup_lines),
                                     timeout=self.config.ssh_command_timeout)
+            if SETUP_FAILED in result.stderr:
+                raise ClusterRefused("the host answers over SSH but the last of command_setup_lines failed",
+                                     "settings.command_setup_lines")
             if result.exit_code != 0:
                 raise ClusterRefused(
                     f"the host answers over SSH but has no '{program}' command for the {scheduler} scheduler",
