@@ -1,10 +1,12 @@
 """Grid Engine adapter (verified against Son of Grid Engine 8.1.9, Debian 12's build, on the local testbed).
 
-Jobs that left ``qstat`` are looked up with ``qacct -j`` in the same status command: on a default queue
-(``terminate_method`` NONE) both ``qdel`` and an exceeded ``h_rt`` end the job with SIGKILL, so the batch
-script's trap never writes ``exit_code``; the accounting record has the outcome. Accounting is written
-``accounting_flush_time`` (default 15 s) after the job ends: until then the job is reported absent and
-the caller falls back to the job files, as for the other schedulers.
+Jobs that left ``qstat`` are looked up in the accounting file (accounting(5), what ``qacct -j`` reads) in
+the same status command: on a default queue (``terminate_method`` NONE) both ``qdel`` and an exceeded
+``h_rt`` end the job with SIGKILL, so the batch script's trap never writes ``exit_code``; the accounting
+record has the outcome. One ``awk`` pass finds every such job's record (``qacct -j`` would read the whole
+file once per job). Records are written ``accounting_flush_time`` (default 15 s) after a job ends, and a
+job deleted while pending gets none: until then, or without one, the job is reported absent and the
+caller falls back to the job files, as for the other schedulers.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ STATES: dict[str, JobState] = {
     "RtS": JobState.RUNNING,  # re-submitted, transferring, queue suspended
     "RT": JobState.RUNNING,  # re-submitted, threshold suspended
     "RtT": JobState.RUNNING,  # re-submitted, transferring, threshold suspended
-    "dr": JobState.RUNNING,  # being deleted while running: still ends through qacct
+    "dr": JobState.RUNNING,  # being deleted while running: the outcome comes from accounting
     "dt": JobState.RUNNING,  # being deleted while transferring
     "dRr": JobState.RUNNING,  # being deleted, re-submitted, running
     "dRt": JobState.RUNNING,  # being deleted, re-submitted, transferring
@@ -71,16 +73,30 @@ STATES: dict[str, JobState] = {
     "dRT": JobState.RUNNING,  # being deleted, re-submitted, threshold suspended
 }
 
-# accounting(5) "failed": 0 = the job ran and exit_status is its own; 37 = "qmaster enforced h_rt, h_cpu,
-# or h_vmem limit"; 100 = "assumedly after job" (killed by a signal once started, e.g. qdel). Any other
-# value is a failure of the shepherd (output file, working directory, prolog ...): FAILED.
+# accounting(5) "failed" (the texts qacct(1) prints): 0 = the job ran, exit_status is its own; 37 = a limit
+# was enforced; 100 = killed by a signal once started (qdel, ...). Any other value is a failure of the
+# shepherd around the job (output file, shell, working directory, prolog ...): FAILED, exit code unknown.
 FAILED_NONE, FAILED_LIMIT, FAILED_AFTER_JOB = 0, 37, 100
+FAILED_TEXT: dict[int, str] = {
+    1: "assumedly before job",
+    8: "in prolog",
+    15: "in epilog",
+    19: "before writing exit_status",
+    26: "opening output file",
+    27: "searching requested shell",
+    28: "changing to working directory",
+    37: "qmaster enforced h_rt, h_cpu, or h_vmem limit",
+    100: "assumedly after job",
+}
+# accounting(5) fields, ":"-separated (a job name cannot hold ":", the category might): indices from the
+# left up to the category, and how many fields follow it.
+F_JOB, F_START, F_END, F_FAILED, F_EXIT, F_WALLCLOCK, F_CATEGORY, F_AFTER_CATEGORY = 5, 9, 10, 11, 12, 13, 39, 5
 
 JOB_ID = re.compile(r"[0-9]+")
 # qsub expands $HOME, $JOB_ID ... in -o/-e/-wd paths and reads "host:path": only plain paths are passed.
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*")
-QACCT_MARK = "@@hpc-qacct="
+ACCOUNTING = '"$SGE_ROOT/${SGE_CELL:-default}/common/accounting"'
 PARALLEL_ENVIRONMENT = "smp"  # one host, all slots together (allocation_rule $pe_slots)
 _GONE = re.compile(r'denied: job "[0-9]+" does not exist|job [0-9]+ is already in deletion')
 
@@ -117,20 +133,19 @@ def _leading_int(text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def parse_qacct(lines: Sequence[str]) -> dict[str, str]:
-    """The last record of ``qacct -j`` (``key value`` lines; records start with a ``=====`` line)."""
-    record: dict[str, str] = {}
+def parse_accounting(lines: Sequence[str], wanted: set[str]) -> dict[str, list[str]]:
+    """The last accounting(5) record of each wanted job number (a number reused after a reset, or an
+    array's tasks, has several)."""
+    records: dict[str, list[str]] = {}
     for line in lines:
-        if line.startswith("====="):
-            record = {}
-        elif line.strip():
-            key, _, value = line.partition(" ")
-            record[key] = value.strip()
-    return record
+        fields = line.rstrip("\n").split(":")
+        if len(fields) > F_CATEGORY + F_AFTER_CATEGORY and fields[F_JOB] in wanted:
+            records[fields[F_JOB]] = fields
+    return records
 
 
 class SgeScheduler(Scheduler):
-    """Grid Engine through qsub/qstat/qacct/qdel; the script is piped to qsub on stdin."""
+    """Grid Engine through qsub/qstat/qdel and the accounting file; the script is piped to qsub on stdin."""
 
     name = "sge"
 
@@ -172,13 +187,15 @@ class SgeScheduler(Scheduler):
         raise SchedulerCommandError(message or message_of(stdout, stderr))
 
     def status_command(self, ids: Sequence[str]) -> str:
-        # qstat lists the user's pending and running jobs; each requested id it does not list gets a qacct.
+        # qstat lists the user's pending and running jobs; the ids it does not list are looked up in the
+        # accounting file, in one pass, among the user's records.
         words = " ".join(quote(i) for i in _check_ids(ids))
         return (
-            f'q=$(qstat -xml); rc=$?; printf \'%s\\n\' "$q"; echo "{RC_MARK}$rc"; '
-            f"if [ $rc -eq 0 ]; then for j in {words}; do "
-            f'case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
-            f'*) echo "{QACCT_MARK}$j"; qacct -j "$j"; echo "{RC_MARK}$?" ;; esac; done; fi'
+            f'q=$(qstat -xml); rc=$?; printf \'%s\\n\' "$q"; echo "{RC_MARK}$rc"; [ $rc -eq 0 ] || exit 0; '
+            f'gone=" "; for j in {words}; do case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
+            f'*) gone="$gone$j " ;; esac; done; '
+            f'[ "$gone" = " " ] || {{ awk -F: -v ids="$gone" -v me="$(id -un)" '
+            f'\'$4 == me && index(ids, " " $6 " ")\' {ACCOUNTING}; echo "{RC_MARK}$?"; }}'
         )
 
     def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
@@ -191,16 +208,10 @@ class SgeScheduler(Scheduler):
             job_id, native = job.findtext("JB_job_number", ""), job.findtext("state", "")
             if job_id in wanted and not (job_id in found and found[job_id].state is JobState.RUNNING):
                 found[job_id] = self._queue_status(job_id, native, job.findtext("JAT_start_time"))
-        job_id, section = None, []
-        for line in lines[marks[0] + 1 :]:
-            if line.startswith(QACCT_MARK):
-                job_id, section = line[len(QACCT_MARK) :].strip(), []
-            elif line.startswith(RC_MARK):
-                if job_id in wanted and _leading_int(line[len(RC_MARK) :]) == 0:
-                    found[job_id] = self._accounting_status(job_id, parse_qacct(section))
-                job_id = None
-            else:
-                section.append(line)
+        # No accounting section (nothing left qstat), or awk failed (no accounting file yet): absent.
+        if len(marks) > 1 and _leading_int(lines[marks[1]][len(RC_MARK) :]) == 0:
+            records = parse_accounting(lines[marks[0] + 1 : marks[1]], wanted - set(found))
+            found.update((job_id, self._accounting_status(job_id, fields)) for job_id, fields in records.items())
         return found
 
     @staticmethod
@@ -214,16 +225,16 @@ class SgeScheduler(Scheduler):
         )
 
     @staticmethod
-    def _accounting_status(job_id: str, record: dict[str, str]) -> NativeStatus:
-        failed, exit_status = _leading_int(record.get("failed")), _leading_int(record.get("exit_status"))
+    def _accounting_status(job_id: str, fields: list[str]) -> NativeStatus:
+        failed, exit_status = _leading_int(fields[F_FAILED]), _leading_int(fields[F_EXIT])
         if failed is None or exit_status is None:
-            log.warning("qacct: job %s has no usable failed/exit_status: %r", job_id, record)
-            return NativeStatus(job_id, JobState.UNKNOWN, "qacct")
-        reason = record["failed"].partition(":")[2].strip() or None
+            log.warning("accounting: job %s has no usable failed/exit_status: %r", job_id, fields)
+            return NativeStatus(job_id, JobState.UNKNOWN, "accounting")
         exit_code: int | None = exit_status
         if failed == FAILED_LIMIT:
-            limit = re.search(r"h_rt=([0-9]+)", record.get("category", ""))
-            ran = _leading_int(record.get("ru_wallclock"))
+            # Killed at h_rt, or at an h_cpu/h_vmem limit before it: the run time tells which.
+            category = ":".join(fields[F_CATEGORY:-F_AFTER_CATEGORY])
+            limit, ran = re.search(r"h_rt=([0-9]+)", category), _leading_int(fields[F_WALLCLOCK])
             timed_out = limit is not None and ran is not None and ran >= int(limit.group(1))
             state = JobState.TIMEOUT if timed_out else JobState.FAILED
         elif failed in (FAILED_NONE, FAILED_AFTER_JOB):
@@ -233,11 +244,11 @@ class SgeScheduler(Scheduler):
         return NativeStatus(
             job_id,
             state,
-            f"qacct failed={failed}",
-            reason=reason,
+            f"failed={failed}",
+            reason=f"{FAILED_TEXT.get(failed, 'see accounting(5)')} (failed {failed})" if failed else None,
             exit_code=exit_code,
-            start_time=record.get("start_time"),
-            end_time=record.get("end_time"),
+            start_time=fields[F_START],
+            end_time=fields[F_END],
         )
 
     def cancel_command(self, ids: Sequence[str]) -> str:

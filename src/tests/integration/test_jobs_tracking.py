@@ -26,14 +26,16 @@ def scheduler_jobs_named(testbed, tag: str) -> int:
     with OpenSSH once the count stops growing."""
     from tests.integration.test_jobs_api import ssh
 
-    counts = []
-    while len(counts) < 3 or counts[-1] != counts[-3]:
-        slurm = ssh(testbed, f"squeue -h -t all -o %j | grep -c {tag}").stdout.strip()
+    counts: list[int] = []
+    for _ in range(20):
+        slurm = ssh(testbed, f"squeue -h -t all -o %j | grep -c {tag}")
         sge = ssh(testbed, f". {testbed['TESTBED_SGE_SETTINGS']}; qacct -j '*{tag}*' | grep -c '^jobname .*{tag}'")
-        counts.append(int(slurm) + int(sge.stdout.strip() or 0))
-        assert len(counts) < 20, counts
+        if slurm.stdout.strip().isdigit() and sge.stdout.strip().isdigit():  # grep -c prints 0 on no match
+            counts.append(int(slurm.stdout) + int(sge.stdout))
+        if len(counts) >= 3 and counts[-1] == counts[-3]:
+            return counts[-1]
         time.sleep(0.5)
-    return counts[-1]
+    raise AssertionError(f"no steady count of jobs named {tag}: {counts}")
 
 
 @pytest.mark.slow

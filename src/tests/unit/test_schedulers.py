@@ -167,7 +167,7 @@ def test_status_command_is_one_command_for_many_ids(sched):
         "pbs": ["qstat", "-f", "1", "2", "3"],
     }
     if sched.name == "sge":
-        # One qstat for all; a qacct only for the ids qstat no longer lists (see test_sge_status_command_runs).
+        # One qstat for all; the accounting file only for the ids it no longer lists (test_sge_status_command_*).
         assert command.count("qstat -xml") == 1
         assert "for j in 1 2 3; do" in command
     else:
@@ -296,7 +296,7 @@ def test_every_telemetry_fixture_parses_or_is_unusable(sched_name, case):
         ("pbs", "status_failed", {}),
         ("pbs", "status_mixed_unknown", {}),
         ("pbs", "status_single_unknown", {}),
-        # Grid Engine: qstat while queued/running, then the accounting record (qacct) of each ended job.
+        # Grid Engine: qstat while queued/running, then the accounting record of each ended job.
         ("sge", "status_queued", {"ok": JobState.QUEUED, "fail3": JobState.QUEUED}),
         ("sge", "status_running", {"timeout": JobState.RUNNING}),
         ("sge", "status_running_2", {"cancel": JobState.RUNNING}),
@@ -655,78 +655,130 @@ def test_pbs_telemetry_failed_part_is_unusable():
 def test_sge_status_fields():
     sched, fx, result = parse("sge", "status_timeout")
     status = sched.parse_status(*result, fx["ids"])[fx["roles"]["timeout"]]
-    assert (status.native_state, status.reason) == ("qacct failed=37", "qmaster enforced h_rt, h_cpu, or h_vmem limit")
-    assert status.start_time is not None
-    assert status.end_time is not None
+    assert (status.native_state, status.reason) == (
+        "failed=37",
+        "qmaster enforced h_rt, h_cpu, or h_vmem limit (failed 37)",
+    )
+    assert int(status.end_time) - int(status.start_time) >= 60  # epoch seconds, h_rt 00:01:00
     running = parse("sge", "status_running")
-    assert (
-        running[0].parse_status(*running[2], running[1]["ids"])[running[1]["roles"]["timeout"]].start_time is not None
-    )
+    assert running[0].parse_status(*running[2], running[1]["ids"])[running[1]["roles"]["timeout"]].start_time
 
 
-def test_sge_status_command_runs_qacct_only_for_ids_qstat_does_not_list(tmp_path):
-    # The command's shell logic, run by bash with stand-ins for qstat and qacct that log their calls.
-    (tmp_path / "qstat").write_text(
-        "#!/bin/sh\nprintf '<job_info><job_list><JB_job_number>7</JB_job_number>"
-        "<state>r</state></job_list></job_info>\\n'\n"
+def accounting_line(
+    job: str, failed: str, exit_status: str, category: str = "NONE", wallclock: str = "5", owner: str = "me"
+) -> str:
+    """An accounting(5) record as Son of Grid Engine 8.1.9 writes it (45 fields; captured on the testbed)."""
+    fields = [
+        "all.q",
+        "vm",
+        "grp",
+        owner,
+        "name",
+        job,
+        "sge",
+        "0",
+        "1796138304",
+        "1796138304",
+        "1796138308",
+        failed,
+        exit_status,
+        wallclock,
+        *["0"] * 17,
+        "NONE",
+        "defaultdepartment",
+        "NONE",
+        "1",
+        "0",
+        "0.0",
+        "0.0",
+        "0.0",
+        category,
+        "0.0",
+        "NONE",
+        "0.0",
+        "0",
+        "0",
+    ]
+    return ":".join(fields) + "\n"
+
+
+def test_sge_status_command_reads_accounting_only_for_ids_qstat_does_not_list(tmp_path):
+    # The command's shell logic, run by bash with a stand-in qstat and a cell's accounting file.
+    (tmp_path / "bin").mkdir()
+    qstat = tmp_path / "bin" / "qstat"
+    qstat.write_text(
+        "#!/bin/sh\necho '<job_info><job_list><JB_job_number>7</JB_job_number><state>r</state>"
+        "</job_list></job_info>'\n"
     )
-    (tmp_path / "qacct").write_text('#!/bin/sh\necho "qacct $*" >> "$(dirname "$0")/calls"\nexit 1\n')
-    for name in ("qstat", "qacct"):
-        (tmp_path / name).chmod(0o755)
-    command = SgeScheduler().status_command(["7", "70", "8"])
+    qstat.chmod(0o755)
+    me = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "c" / "common").mkdir(parents=True)
+    (tmp_path / "c" / "common" / "accounting").write_text(
+        "# Version: 8.1.9\n"
+        + accounting_line("7", "0", "1", owner=me)
+        + accounting_line("8", "0", "2", owner="other")
+        + accounting_line("70", "0", "3", owner=me)
+        + accounting_line("8", "0", "4", owner=me)
+    )
+    command = SgeScheduler().status_command(["7", "70", "8", "9"])
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "SGE_ROOT": str(tmp_path), "SGE_CELL": "c"}
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False, env=env)
+    found = SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["7", "70", "8", "9"])
+    # 7 is still in qstat (its old record is ignored), 8's other owner's record too, 9 has none.
+    assert {k: (v.state, v.exit_code) for k, v in found.items()} == {
+        "7": (JobState.RUNNING, None),
+        "70": (JobState.FAILED, 3),
+        "8": (JobState.FAILED, 4),
+    }
+
+
+def test_sge_status_command_without_accounting_file_reports_ended_jobs_absent(tmp_path):
+    (tmp_path / "qstat").write_text("#!/bin/sh\necho '<job_info/>'\n")
+    (tmp_path / "qstat").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SGE_ROOT": str(tmp_path / "none")}
     proc = subprocess.run(
-        ["bash", "-c", command], capture_output=True, text=True, check=False, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}
+        ["bash", "-c", SgeScheduler().status_command(["5"])], capture_output=True, text=True, check=False, env=env
     )
-    assert (tmp_path / "calls").read_text() == "qacct -j 70\nqacct -j 8\n"
-    found = SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["7", "70", "8"])
-    assert {k: v.state for k, v in found.items()} == {"7": JobState.RUNNING}
-
-
-def _qacct(failed: str, exit_status: str, category: str = "NONE", wallclock: str = "5s") -> str:
-    return (
-        "==============================================================\n"
-        f"jobnumber    9\nstart_time   Tue Dec  1 14:53:31 2026\nend_time     Tue Dec  1 14:53:36 2026\n"
-        f"failed       {failed}\nexit_status  {exit_status}\nru_wallclock {wallclock}\ncategory     {category}\n"
-    )
+    assert SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["5"]) == {}
 
 
 @pytest.mark.parametrize(
     ("record", "state", "exit_code"),
     [
-        (_qacct("0    ", "0"), JobState.COMPLETED, 0),
-        (_qacct("0    ", "3"), JobState.FAILED, 3),
-        (
-            _qacct("37  : qmaster enforced h_rt, h_cpu, or h_vmem limit", "137 (Killed)", "-l h_rt=5", "6s"),
-            JobState.TIMEOUT,
-            137,
-        ),
+        (accounting_line("9", "0", "0"), JobState.COMPLETED, 0),
+        (accounting_line("9", "0", "3"), JobState.FAILED, 3),
+        (accounting_line("9", "37", "137", "-l h_rt=5", "6"), JobState.TIMEOUT, 137),
         # Killed at a limit before h_rt was reached (h_vmem or h_cpu): not a timeout.
-        (
-            _qacct("37  : qmaster enforced h_rt, h_cpu, or h_vmem limit", "137", "-l h_rt=60,h_vmem=1G", "6s"),
-            JobState.FAILED,
-            137,
-        ),
-        (_qacct("100 : assumedly after job", "137 (Killed)"), JobState.FAILED, 137),
+        (accounting_line("9", "37", "137", "-l h_rt=60,h_vmem=1G", "6"), JobState.FAILED, 137),
+        # A category holding ":" still leaves the fields after it in place.
+        (accounting_line("9", "37", "137", "-l h_rt=5 -ac a=b:c", "6"), JobState.TIMEOUT, 137),
+        (accounting_line("9", "100", "137"), JobState.FAILED, 137),
         # The shepherd failed before the job: the payload never ran, its exit code is unknown.
-        (_qacct("26  : opening output file", "0"), JobState.FAILED, None),
+        (accounting_line("9", "26", "0"), JobState.FAILED, None),
     ],
 )
 def test_sge_accounting_outcomes(record, state, exit_code):
-    out = f"<job_info/>\n@@hpc-rc=0\n@@hpc-qacct=9\n{record}@@hpc-rc=0\n"
+    out = f"<job_info/>\n@@hpc-rc=0\n{record}@@hpc-rc=0\n"
     status = SgeScheduler().parse_status(0, out, "", ["9"])["9"]
     assert (status.state, status.exit_code) == (state, exit_code)
 
 
 def test_sge_reused_job_number_takes_the_last_accounting_record():
-    out = f"<job_info/>\n@@hpc-rc=0\n@@hpc-qacct=9\n{_qacct('0', '5')}{_qacct('0', '0')}@@hpc-rc=0\n"
+    out = f"<job_info/>\n@@hpc-rc=0\n{accounting_line('9', '0', '5')}{accounting_line('9', '0', '0')}@@hpc-rc=0\n"
     assert SgeScheduler().parse_status(0, out, "", ["9"])["9"].exit_code == 0
+
+
+def test_sge_failed_accounting_read_reports_nothing_ended():
+    out = f"<job_info/>\n@@hpc-rc=0\nawk: cannot open file\n@@hpc-rc=2\n"
+    assert SgeScheduler().parse_status(0, out, "", ["9"]) == {}
 
 
 def test_sge_unknown_state_and_odd_accounting_do_not_abort(caplog):
     out = (
         "<job_info><job_list><JB_job_number>1</JB_job_number><state>zz</state></job_list>"
         "<job_list><JB_job_number>2</JB_job_number><state>r</state></job_list></job_info>\n@@hpc-rc=0\n"
-        "@@hpc-qacct=3\njobnumber 3\nfailed weird\n@@hpc-rc=0\n"
+        + accounting_line("3", "weird", "0")
+        + "short:line\n@@hpc-rc=0\n"
     )
     with caplog.at_level(logging.WARNING):
         found = SgeScheduler().parse_status(0, out, "", ["1", "2", "3"])
