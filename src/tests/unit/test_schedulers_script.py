@@ -132,7 +132,7 @@ def test_exit_code_files_written_under_the_real_schedulers(sched_name, role, con
     fx = json.loads((FIXTURES / sched_name / f"script_exit_code_{role}.json").read_text())
     if sched_name == "sge" and role in ("timeout", "cancel"):
         # Grid Engine ends a job at h_rt or on qdel with SIGKILL (queue terminate_method NONE, the
-        # default): the trap never runs, qacct has the outcome (see test_schedulers.py).
+        # default): the trap never runs, the accounting record has the outcome (see test_schedulers.py).
         assert (fx["exit_code"], fx["stdout"]) == (1, "")
         assert "No such file" in fx["stderr"]
     else:
