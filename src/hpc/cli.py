@@ -301,7 +301,7 @@ def _infra_entries(document: Any) -> list[dict[str, Any]]:
 @click.option("--port", type=click.IntRange(1, 65535), help="SSH port [default: 22].")
 @click.option("--user", "username", help="Login user on the cluster.")
 @click.option("--hostname", help="The cluster's own name [default: the host].")
-@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]))
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs", "sge"]))
 @click.option("--key", "key_path", metavar="PATH", help="Private key file, inside the gateway's key directory.")
 @click.option("--key-type", type=click.Choice(["ssh-ed25519", "ssh-rsa"]), default="ssh-ed25519", show_default=True)
 @click.option("--key-passphrase", envvar="HPC_KEY_PASSPHRASE", metavar="TEXT",

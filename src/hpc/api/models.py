@@ -62,8 +62,13 @@ class Service(BaseModel):
 
 
 class HPCSchedulerType(Enum):
+    """
+    `slurm`, `pbs` (Torque/PBS Pro commands) or (extension) `sge` (Grid Engine).
+    """
+
     pbs = 'pbs'
     slurm = 'slurm'
+    sge = 'sge'
 
 
 class SSHKeyType(Enum):
@@ -95,6 +100,10 @@ class AllowedRoot(RootModel[str]):
 
 
 class SetupLine(RootModel[str]):
+    root: str = Field(..., max_length=1024)
+
+
+class CommandSetupLine(RootModel[str]):
     root: str = Field(..., max_length=1024)
 
 
@@ -514,6 +523,11 @@ class InfrastructureSettings(BaseModel):
         None,
         description="Lines run before every job's payload (for example `module load openmpi`). Trusted operator configuration.",
         max_length=64,
+    )
+    command_setup_lines: list[CommandSetupLine] | None = Field(
+        None,
+        description="Lines run before every command the gateway runs on the login node (scheduler commands, reads of\njob files), for example `. /opt/sge/default/common/settings.sh` or `module load slurm` when the\nscheduler's programs are not on the PATH of a non-login shell. Their output is discarded; when\nthe last one fails the command is not run. Trusted operator configuration.\n",
+        max_length=16,
     )
     mpi_launcher: str | None = Field(
         'mpirun -n {num_mpi_procs}',

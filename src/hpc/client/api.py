@@ -180,12 +180,12 @@ class Client:
             host: Address used for SSH; ``port`` defaults to 22.
             username: The login user on the cluster.
             hostname: The cluster's own name.
-            scheduler: ``slurm`` or ``pbs``.
+            scheduler: ``slurm``, ``pbs`` or ``sge``.
             ssh_key: ``{"type": "ssh-ed25519", "path": "key file in the gateway's key dir",
                 "password": "passphrase"}``, or ``{"type": ..., "private_key": "-----BEGIN ..."}``.
             host_key: The host's public key (``ssh-ed25519 AAAA...``) to pin; otherwise the gateway's
                 known_hosts decides.
-            settings: Site settings (``job_root``, ``allowed_roots``, ``setup_lines``,
+            settings: Site settings (``job_root``, ``allowed_roots``, ``setup_lines``, ``command_setup_lines``,
                 ``mpi_launcher``, ``serrano_resources``, ``min_watch_period``).
             extra: Further fields, passed as they are (for fields newer than this client).
         """

@@ -33,7 +33,7 @@ class InfrastructureSummary(TypedDict, total=False):
     name: str
     host: str
     hostname: str
-    scheduler: Literal["slurm", "pbs"]
+    scheduler: Literal["slurm", "pbs", "sge"]
     port: int
     username: str
     host_key_fingerprint: str

@@ -14,11 +14,25 @@ from hpc.schedulers.base import (
     SchedulerParseError,
     advance,
     final_state_from_exit_code,
-    get_scheduler,
     is_terminal,
 )
+from hpc.schedulers.pbs import PbsScheduler
+from hpc.schedulers.sge import SgeScheduler
+from hpc.schedulers.slurm import SlurmScheduler
+
+# The registry: the HPCSchedulerType enum of openapi/openapi.yaml names these.
+ADAPTERS: dict[str, type[Scheduler]] = {"slurm": SlurmScheduler, "pbs": PbsScheduler, "sge": SgeScheduler}
+
+
+def get_scheduler(name: str) -> Scheduler:
+    """Return the adapter called ``name``: ``"slurm"``, ``"pbs"`` or ``"sge"``."""
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(ADAPTERS)}")
+    return ADAPTERS[name]()
+
 
 __all__ = [
+    "ADAPTERS",
     "CANCEL_REQUESTED",
     "ENDED_STATES",
     "ORDER",

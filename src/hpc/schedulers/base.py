@@ -244,17 +244,6 @@ class Scheduler(abc.ABC):
         """Parse :meth:`telemetry_command` output."""
 
 
-def get_scheduler(name: str) -> Scheduler:
-    """Return the adapter called ``name``: ``"slurm"`` or ``"pbs"``."""
-    from hpc.schedulers.pbs import PbsScheduler
-    from hpc.schedulers.slurm import SlurmScheduler
-
-    adapters: dict[str, type[Scheduler]] = {"slurm": SlurmScheduler, "pbs": PbsScheduler}
-    if name not in adapters:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(adapters)}")
-    return adapters[name]()
-
-
 # Hint for final_state_from_exit_code: the gateway itself asked the scheduler to cancel the job.
 CANCEL_REQUESTED = "cancel-requested"
 

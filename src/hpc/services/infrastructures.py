@@ -35,6 +35,7 @@ from hpc.ssh import (
     SSHTarget,
     SSHTimeout,
     SSHUnreachable,
+    quote,
 )
 from hpc.staging.addresses import AddressPolicy, parse_networks
 from hpc.staging.errors import SourceError, UnsafeAddress
@@ -43,8 +44,27 @@ from hpc.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
-# The program each scheduler must offer on the login node, checked at registration.
-_SCHEDULER_PROBE = {"slurm": "sbatch", "pbs": "qsub"}
+# The program each scheduler must offer on the login node, checked at registration. Grid Engine is
+# told apart from the Torque/PBS commands of the same names by qconf, which only Grid Engine has.
+_SCHEDULER_PROBE = {"slurm": "sbatch", "pbs": "qsub", "sge": "qconf"}
+
+
+SETUP_FAILED = "hpc-gateway: the last of the infrastructure's command_setup_lines failed"
+
+
+def with_command_setup(command: str, setup_lines: list[str] | tuple[str, ...] | None) -> str:
+    """``command`` preceded by an infrastructure's ``command_setup_lines`` (trusted, verbatim).
+
+    The setup's output is discarded so it cannot be read as the command's, and it reads no stdin (a
+    submit command's script arrives there). When its last line fails the command is not run: another
+    scheduler's program of the same name may be first on the PATH without it (Torque's qsub vs Grid
+    Engine's on the testbed).
+    """
+    if not setup_lines:
+        return command
+    setup = "\n".join(setup_lines)
+    return (f"{{\n{setup}\n}} >/dev/null 2>&1 </dev/null || "
+            f"{{ echo {quote(SETUP_FAILED)} >&2; exit 127; }}\n{command}")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -149,7 +169,8 @@ class InfrastructureService:
             passphrase=key.password,
             host_key=host_key,
         )
-        seen_key = self._check_reachable(target, request.scheduler.value)
+        setup_lines = request.settings.command_setup_lines if request.settings else None
+        seen_key = self._check_reachable(target, request.scheduler.value, [line.root for line in setup_lines or []])
         if host_key is None and target.trust_on_first_use:
             log.warning("infrastructure %s: trusting host key %s on first use", request.name, fingerprint(seen_key))
         # The key just verified (pinned, from known_hosts, or trusted on first use) is pinned on the
@@ -207,13 +228,17 @@ class InfrastructureService:
             raise InvalidInput(f"key file not found: {path}", "ssh_key.path")
         return str(real)
 
-    def _check_reachable(self, target: SSHTarget, scheduler: str) -> str:
+    def _check_reachable(self, target: SSHTarget, scheduler: str, setup_lines: list[str]) -> str:
         """Connects, checks the scheduler's submit command exists; returns the host key seen."""
         connection = SSHConnection(target)
         try:
             connection.connect()
             program = _SCHEDULER_PROBE[scheduler]
-            result = connection.run(f"command -v {program}", timeout=self.config.ssh_command_timeout)
+            result = connection.run(with_command_setup(f"command -v {program}", setup_lines),
+                                    timeout=self.config.ssh_command_timeout)
+            if SETUP_FAILED in result.stderr:
+                raise ClusterRefused("the host answers over SSH but the last of command_setup_lines failed",
+                                     "settings.command_setup_lines")
             if result.exit_code != 0:
                 raise ClusterRefused(
                     f"the host answers over SSH but has no '{program}' command for the {scheduler} scheduler",
@@ -309,7 +334,9 @@ class InfrastructureService:
 
     def run(self, row: dict[str, Any], command: str, *, action: str, stdin: bytes | None = None,
             timeout: float | None = None) -> CommandResult:
-        """Runs a command on the infrastructure; SSH faults become domain errors naming ``action``."""
+        """Runs a command on the infrastructure (after its ``command_setup_lines``); SSH faults become domain
+        errors naming ``action``."""
+        command = with_command_setup(command, (row["settings"] or {}).get("command_setup_lines"))
         try:
             return self.connection(row).run(command, stdin=stdin, timeout=timeout or self.config.ssh_command_timeout)
         except SSHError as exc:

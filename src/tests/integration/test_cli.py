@@ -22,19 +22,19 @@ import uuid
 import boto3
 import pytest
 
-from tests.support import REPO, TESTBED_ENV, infrastructure_body, new_gateway, read_env_file
+from tests.support import REPO, TESTBED_ENV, TESTBED_INFRASTRUCTURES, infrastructure_body, new_gateway, read_env_file
 
 pytestmark = pytest.mark.integration
 
-SCHEDULERS = ["tb-slurm", "tb-pbs"]
+SCHEDULERS = [name for name, _ in TESTBED_INFRASTRUCTURES]
 
 
 @pytest.fixture(scope="module")
 def gateway(testbed, tmp_path_factory):
-    """One gateway for the module, with the testbed registered as tb-slurm and tb-pbs."""
+    """One gateway for the module, with the testbed registered as tb-slurm, tb-pbs and tb-sge."""
     process = new_gateway(testbed, tmp_path_factory.mktemp("cli-gateway"))
     try:
-        for name, scheduler in (("tb-slurm", "slurm"), ("tb-pbs", "pbs")):
+        for name, scheduler in TESTBED_INFRASTRUCTURES:
             response = process.post("/infrastructure", infrastructure_body(testbed, name, scheduler))
             assert response.status_code == 201
         yield process
@@ -184,11 +184,13 @@ def test_usage_api_and_connection_errors_have_their_exit_codes(gateway):
 
 def test_infra_commands(gateway, testbed, tmp_path):
     names = [entry["name"] for entry in cli_json(gateway, "infra", "list")]
-    assert names == ["tb-pbs", "tb-slurm"]
+    assert names == ["tb-pbs", "tb-sge", "tb-slurm"]
     shown = cli_json(gateway, "infra", "show", "tb-slurm")
     assert (shown["scheduler"], shown["host_key_fingerprint"]) == ("slurm", testbed["TESTBED_HOST_KEY_FINGERPRINT"])
     telemetry = cli_json(gateway, "infra", "telemetry", "tb-pbs")
     assert telemetry["partitions"][0]["name"] == testbed["TESTBED_SLURM_PARTITION"]
+    queues = cli_json(gateway, "infra", "telemetry", "tb-sge")
+    assert (queues["scheduler"], queues["partitions"][0]["name"]) == ("sge", testbed["TESTBED_SGE_QUEUE"])
     added = cli_json(gateway, "infra", "add", "cli-extra", "--host", testbed["TESTBED_SSH_HOST"],
                      "--port", testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"],
                      "--scheduler", "slurm", "--key", "id_ed25519_pw", "--setting", "mpi_launcher=",
@@ -201,6 +203,11 @@ def test_infra_commands(gateway, testbed, tmp_path):
                     testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"], "--scheduler", "pbs",
                     "--key", "no-such-key", "--json")
     assert (wrong_key.returncode, json.loads(wrong_key.stdout)["field"]) == (3, "ssh_key.path")
+    grid = cli_json(gateway, "infra", "add", "cli-sge", "--host", testbed["TESTBED_SSH_HOST"], "--port",
+                    testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"], "--scheduler", "sge",
+                    "--key", "id_ed25519", "--setting", f'command_setup_lines=[". {testbed["TESTBED_SGE_SETTINGS"]}"]')
+    assert (grid["scheduler"], grid["settings"]["command_setup_lines"]) == ("sge", [f". {testbed['TESTBED_SGE_SETTINGS']}"])
+    assert cli(gateway, "infra", "rm", "cli-sge").returncode == 0
     as_user = cli(gateway, "infra", "rm", "cli-extra", token="user")
     assert (as_user.returncode, "403" in as_user.stderr) == (3, True)
     removed = cli(gateway, "infra", "rm", "cli-extra")
@@ -209,7 +216,7 @@ def test_infra_commands(gateway, testbed, tmp_path):
     subprocess.run([sys.executable, str(REPO / "examples" / "make_fixture.py"), str(fixture), "--key", "id_ed25519"],
                    check=True, capture_output=True)
     again = cli_json(gateway, "infra", "add", "--from-file", str(fixture), "--exist-ok")
-    assert [record["name"] for record in again] == ["tb-slurm", "tb-pbs"]
+    assert [record["name"] for record in again] == ["tb-slurm", "tb-pbs", "tb-sge"]
     table = cli(gateway, "infra", "list")
     assert re.search(r"tb-slurm\s+slurm\s+hpcuser@127\.0\.0\.1:2222", table.stdout) is not None
 

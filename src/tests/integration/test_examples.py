@@ -65,19 +65,21 @@ def registered(setup) -> None:
 
 def test_01_register_infrastructure(setup):
     first = run_example(setup, "01_register_infrastructure.py")
-    assert first.stdout.count("registered: ") == 2
-    assert "registered now: tb-pbs, tb-slurm" in first.stdout
+    assert first.stdout.count("registered: ") == 3
+    assert "registered now: tb-pbs, tb-sge, tb-slurm" in first.stdout
+    assert "partition all.q: " in first.stdout  # Grid Engine's queue, from qstat -f
     again = run_example(setup, "01_register_infrastructure.py")
-    assert again.stdout.count("already registered") == 2
+    assert again.stdout.count("already registered") == 3
 
 
 def test_02_submit_and_wait(setup):
     registered(setup)
     result = run_example(setup, "02_submit_and_wait.py")
-    assert result.stdout.count("example-fails on") == 2
+    assert result.stdout.count("example-fails on") == 3
     assert "example-cancel: state cancelled" in result.stdout
     # progress: a state line per change, on stderr (not a terminal here)
     assert "on tb-pbs: completed" in result.stderr
+    assert "on tb-sge: completed" in result.stderr
 
 
 def test_03_http_transfers(setup):

@@ -1,4 +1,4 @@
-"""Jobs through the real API on the live testbed, for Slurm and for PBS (Slurm's Torque wrappers)."""
+"""Jobs through the real API on the live testbed, for Slurm, PBS (Slurm's Torque wrappers) and Grid Engine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SCHEDULERS = ["tb-slurm", "tb-pbs"]
+SCHEDULERS = ["tb-slurm", "tb-pbs", "tb-sge"]
 
 
 def ssh(testbed, command: str) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_cancel_running_job_and_tail_its_output(registered, infra):
 
 
 @pytest.mark.slow
-def test_walltime_ends_as_timeout_on_both(registered):
+def test_walltime_ends_as_timeout_on_each(registered):
     jobs = [submit(registered, infra, name="tmo", script="sleep 600\n", resources={"walltime": "00:00:10"})
             for infra in SCHEDULERS]
     for job in jobs:
@@ -114,6 +114,10 @@ def test_submit_refused_by_scheduler_ends_failed_with_its_message(registered):
     ended = wait_job(registered, pbs["id"], timeout=60)
     assert ended["state"] == "failed"
     assert "partition" in ended["reason"].lower()
+    sge = submit(registered, "tb-sge", script="true\n", resources={"partition": "nosuch"})
+    ended = wait_job(registered, sge["id"], timeout=60)
+    assert ended["state"] == "failed"
+    assert 'job requests unknown queue "nosuch"' in ended["reason"]
 
 
 HOSTILE = ["it's", 'a "quoted" one', "$(touch {m})", "`touch {m}`", "x\nEOF\ntouch {m}", ";touch {m}", "a b  c"]
