@@ -59,8 +59,6 @@ _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 TICK = 0.5  # seconds between scans for due work
-POLL_LEASE = 60.0  # seconds a replica holds an infrastructure's poll lease without renewing it
-SUBMIT_LEASE = 120.0
 SUBMIT_GIVE_UP = timedelta(minutes=10)  # cluster unreachable this long after the request: the job fails
 MISSING_POLLS_LIMIT = 3  # polls a job may be absent from the queue with no exit code before it is unknown
 BACKOFF_MAX = 60.0
@@ -281,7 +279,7 @@ class JobService:
     def _tick(self) -> None:
         with self._lock:
             busy = set(self._in_flight)
-        for row in self.store.jobs.claim_submissions(self.owner, SUBMIT_LEASE, limit=32):
+        for row in self.store.jobs.claim_submissions(self.owner, self.config.submit_lease_seconds, limit=32):
             if row["id"] in busy:
                 continue
             with self._lock:
@@ -318,7 +316,13 @@ class JobService:
             return
         scheduler = get_scheduler(infra["scheduler"])
         attempts = row["submit_attempts"] + 1
-        self.store.jobs.update(job_id, submit_attempts=attempts)
+        # The lease is renewed here, and the job dropped if it was lost while the row waited for a worker
+        # thread: another replica has taken the submission over, and two must never submit one job.
+        lease = utcnow() + timedelta(seconds=self.config.submit_lease_seconds)
+        held = [self.store.jobs.table.c.lease_owner == self.owner, self.store.jobs.table.c.state == SUBMITTING]
+        if not self.store.jobs.update(job_id, held, submit_attempts=attempts, lease_until=lease):
+            log.info("job %s: its submission lease passed to another replica", job_id)
+            return
         try:
             home = self._home(infra)
             job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
@@ -451,7 +455,7 @@ class JobService:
 
     def _poll_guarded(self, name: str) -> None:
         try:
-            if self.store.infrastructures.claim_poll(name, self.owner, POLL_LEASE):
+            if self.store.infrastructures.claim_poll(name, self.owner, self.config.poll_lease_seconds):
                 self._poll(name)
         except Exception:
             log.exception("polling %s failed unexpectedly", name)
