@@ -75,8 +75,15 @@ def percentile(values: list[float], fraction: float) -> float:
 def check_slurm(jobs: int) -> None:
     partition = subprocess.run(["sinfo", "-h", "-p", "parked", "-o", "%a"], capture_output=True, text=True).stdout
     if partition.strip() != "down":
-        sys.exit("the testbed's Slurm has no DOWN partition 'parked' (sinfo -p parked): run bash testbed/up.sh "
-                 "from this checkout (testbed/lib.sh writes it into slurm.conf)")
+        # A testbed brought up by an older checkout: the partition is made for this run only (until the
+        # next slurmctld restart); bash testbed/up.sh from this checkout writes it into slurm.conf.
+        made = subprocess.run(["scontrol", "create", "PartitionName=parked", "Nodes=localhost", "State=DOWN",
+                               "MaxTime=INFINITE"], capture_output=True, text=True)
+        if made.returncode != 0:
+            sys.exit("the testbed's Slurm has no DOWN partition 'parked' and scontrol could not make one "
+                     f"({made.stderr.strip()}): run bash testbed/up.sh from this checkout")
+        say("made the DOWN partition 'parked' with scontrol (slurm.conf lacks it: testbed/up.sh of an older "
+            "checkout); it lasts until slurmctld restarts")
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     limit = next(int(line.split("=")[1]) for line in config.splitlines() if line.startswith("MaxJobCount"))
     if limit < jobs + 2000:
@@ -184,7 +191,8 @@ class Bench:
                   "HPC_TRANSFER_LEASE_SECONDS": self.args.transfer_lease}
         settings = {key: str(value) for key, value in leases.items() if value}
         self.report["leases_s"] = settings or "defaults"
-        settings.update(HPC_TRANSFER_MAX_RATE=self.args.rate, HPC_MIN_WATCH_PERIOD="1")
+        settings.update(HPC_TRANSFER_MAX_RATE=self.args.rate, HPC_MIN_WATCH_PERIOD="1",
+                        HPC_SSH_COMMAND_TIMEOUT=self.args.ssh_timeout)
         url = self.server.rsplit("/", 1)[0] + "/" + self.database
         self.replicas = ReplicaSet(Path(self.args.dir), self.args.port, url, register=False, settings=settings)
         started = time.time()
@@ -327,15 +335,19 @@ class Bench:
             candidates = [owners.get(name) for name in ("tb-slurm", "tb-pbs") if moving.get(owners.get(name) or "")]
             if candidates or time.time() > deadline:
                 victim_name = candidates[0] if candidates else owners.get("tb-slurm")
-                held = moving.get(victim_name, {})
                 break
             time.sleep(0.2)
         victim = int(victim_name.rsplit("-", 1)[1])
-        infras = sorted(name for name, owner in owners.items() if owner == victim_name)
-        submissions = {job for job, owner in replicas.submission_leases().items() if owner == victim_name}
         survivors = [i for i in range(1, replicas.count + 1) if i != victim]
         before = self.snapshot()
         killed_at = replicas.kill(victim)
+        # What it held when it died, read once it is dead (it changes nothing any more).
+        owners = replicas.poll_owners()
+        infras = sorted(name for name, owner in owners.items() if owner == victim_name)
+        held = {tid: lease for tid, lease in replicas.transfer_leases().items()
+                if (lease[0] or "").startswith(f"{victim_name}/") and lease[2] not in ("completed", "failed",
+                                                                                       "cancelled")}
+        submissions = {job for job, owner in replicas.submission_leases().items() if owner == victim_name}
         say(f"kill -9 {victim_name}: it held the poll lease of {infras}, {len(held)} transfer(s) mid-flow, "
             f"{len(submissions)} submission(s)")
         survivor_prefixes = tuple(f"replica-{i}" for i in survivors)
@@ -458,7 +470,15 @@ class Bench:
         for name in names:
             if name.startswith(f"{self.run}-"):
                 in_slurm[name] = in_slurm.get(name, 0) + 1
-        expected = {job["name"] for job in self.parked} | {runner["name"] for runner in runners}
+        with self.replicas.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT name, scheduler_id, state, reason FROM jobs")).all()
+        # Every job the gateway submitted must be in Slurm once; one it could not submit ended with a reason.
+        expected = {name for name, scheduler_id, _, _ in rows if scheduler_id}
+        refused: dict[str, int] = {}
+        for _, scheduler_id, state, reason in rows:
+            if not scheduler_id:
+                key = f"{state}: {reason}"
+                refused[key] = refused.get(key, 0) + 1
         twice = sorted(name for name, count in in_slurm.items() if count > 1)
         missing = sorted(expected - set(in_slurm))
         if twice:
@@ -476,7 +496,8 @@ class Bench:
             "runners_completed_once": sum(1 for r in runners if r["state"] == "completed"
                                           and counted.get(r["name"]) == 1),
             "runners": len(runners), "jobs_in_slurm_once": sum(1 for n in expected if in_slurm.get(n) == 1),
-            "jobs_expected_in_slurm": len(expected), "job_states": dict(states), "problems": problems}
+            "jobs_expected_in_slurm": len(expected), "job_states": dict(states), "never_submitted": refused,
+            "problems": problems}
         say(f"checks: {json.dumps({k: v for k, v in result.items() if k != 'problems'})}")
         for problem in problems:
             say(f"PROBLEM: {problem}")
@@ -493,14 +514,17 @@ class Bench:
         requested = time.time() - started
         say(f"{len(codes)} DELETE /job in {requested:.1f}s: {dict((c, codes.count(c)) for c in set(codes))}")
         deadline = time.time() + 900
+        shown = time.time()
         while True:
             states = self.replicas.job_states()
             active = sum(v for k, v in states.items() if k not in ("completed", "failed", "cancelled", "timeout",
                                                                     "unknown"))
             if not active or time.time() > deadline:
                 break
-            say(f"  still active: {active}")
-            time.sleep(10)
+            if time.time() - shown >= 10:
+                say(f"  still active: {active}")
+                shown = time.time()
+            time.sleep(1)
         tracked = time.time() - started
         say(f"every job tracked to its end {tracked:.1f}s after the first DELETE: {dict(states)}")
         return {"delete_s": round(requested, 1), "all_ended_s": round(tracked, 1), "states": dict(states),
@@ -543,6 +567,8 @@ def main() -> int:
     parser.add_argument("--poll-lease", default="", help="HPC_POLL_LEASE_SECONDS (default: the gateway's)")
     parser.add_argument("--submit-lease", default="", help="HPC_SUBMIT_LEASE_SECONDS")
     parser.add_argument("--transfer-lease", default="", help="HPC_TRANSFER_LEASE_SECONDS")
+    parser.add_argument("--ssh-timeout", default="300", help="HPC_SSH_COMMAND_TIMEOUT: the testbed's Torque "
+                        "wrapper (Perl) needs 60-110 s here for one qstat -f of 5,000 ids")
     parser.add_argument("--port", type=int, default=8290, help="the balancer; replicas on +1..+3")
     parser.add_argument("--dir", default="/var/lib/hpc-replicas-bench")
     parser.add_argument("--json", help="write the figures here as JSON")
@@ -554,7 +580,7 @@ def main() -> int:
         args.submit_lease = args.submit_lease or "5"
         args.transfer_lease = args.transfer_lease or "5"
         args.rate, args.latency_rate = "256KB", 10.0
-    window = args.window or 4 * args.period
+    window = args.window or (2 if args.smoke else 4) * args.period
     bed = testbed()
     check_slurm(args.jobs)
     bench = Bench(args, bed)
@@ -567,7 +593,7 @@ def main() -> int:
         time.sleep(args.period + 2)  # every job polled once since its submission
         bench.report["poll_before"] = bench.poll_window(window, "before the kill")
         runner_outcomes: list = []
-        stream = bench.runner_stream(args.runners, 10.0, runner_outcomes)
+        stream = bench.runner_stream(args.runners, 4.0 if args.smoke else 10.0, runner_outcomes)
         transfers = bench.start_transfers()
         say(f"{len(transfers)} transfers started")
         time.sleep(3)

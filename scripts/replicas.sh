@@ -151,12 +151,13 @@ EOF
 }
 
 # ---------------------------------------------------------------- replicas
-start_replica() {
-    local i=$1 port pid j
+# launch_replica I: start replica I unless it runs; rc 0 if it was started (then wait_replica I).
+launch_replica() {
+    local i=$1 port pid
     port=$(replica_port "$i")
     if pid=$(replica_pid "$i"); then
         log "replica-$i: running (pid $pid, 127.0.0.1:$port)"
-        return 0
+        return 1
     fi
     if [ -n "$(ss -Hltn "( sport = :$port )" 2>/dev/null)" ]; then
         die "port $port (replica-$i) is held by another program; choose REPLICAS_PORT"
@@ -174,12 +175,17 @@ start_replica() {
             </dev/null >>"$DIR/replica-$i/gateway.log" 2>&1 9>&-
     ) &
     echo $! >"$(pid_file "replica-$i")"
-    for ((j = 0; j < 300; j++)); do
+}
+
+wait_replica() {
+    local i=$1 port j
+    port=$(replica_port "$i")
+    for ((j = 0; j < 600; j++)); do
         [ "$(http_code "http://127.0.0.1:$port/health")" = 200 ] && break
         replica_pid "$i" >/dev/null || { tail -n 20 "$DIR/replica-$i/gateway.log" >&2; die "replica-$i exited at start"; }
         sleep 0.1
     done
-    [ "$(http_code "http://127.0.0.1:$port/health")" = 200 ] || die "replica-$i did not answer on :$port within 30s"
+    [ "$(http_code "http://127.0.0.1:$port/health")" = 200 ] || die "replica-$i did not answer on :$port within 60s"
     log "replica-$i: started (pid $(replica_pid "$i"), 127.0.0.1:$port, instance id replica-$i)"
 }
 
@@ -283,8 +289,10 @@ register() {
 # ---------------------------------------------------------------- commands
 up() {
     prepare
-    local i
-    for ((i = 1; i <= COUNT; i++)); do start_replica "$i"; done
+    local i started=()
+    # All at once: they take turns on the schema lock, and a start costs 3-8 s of imports each.
+    for ((i = 1; i <= COUNT; i++)); do launch_replica "$i" && started+=("$i"); done
+    for i in "${started[@]}"; do wait_replica "$i"; done
     start_nginx
     if [ "$REGISTER" = 1 ]; then
         register tb-slurm slurm

@@ -17,6 +17,7 @@ job: it keeps its state with the fault as ``reason``, and tracking resumes when 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -456,18 +457,46 @@ class JobService:
     def _poll_guarded(self, name: str) -> None:
         try:
             if self.store.infrastructures.claim_poll(name, self.owner, self.config.poll_lease_seconds):
-                self._poll(name)
+                with self._poll_lease_renewed(name):
+                    self._poll(name)
         except Exception:
             log.exception("polling %s failed unexpectedly", name)
         finally:
             with self._lock:
                 self._polling.discard(name)
 
+    @contextlib.contextmanager
+    def _poll_lease_renewed(self, name: str):
+        """Renews the poll lease while a poll runs: a poll of thousands of jobs may outlast the lease
+        (bench/replicas.py: 30-110 s for 5,000 jobs on the loaded testbed), and another replica must not
+        start a second one meanwhile."""
+        done = threading.Event()
+        lease = self.config.poll_lease_seconds
+
+        def renew() -> None:
+            while not done.wait(lease / 3):
+                try:
+                    self.store.infrastructures.claim_poll(name, self.owner, lease)
+                except Exception:  # the store may be briefly unavailable: the next renewal tries again
+                    log.warning("renewing the poll lease of %s failed", name, exc_info=True)
+
+        renewer = threading.Thread(target=renew, name=f"poll-lease-{name}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def _poll(self, name: str) -> None:
         """One round for one infrastructure: cancels, then ONE status command if any job is due."""
         now = utcnow()
         backoff_until = self._backoff.get(name, (now, 0.0))[0]
         if backoff_until > now:
+            return
+        # One cheap query first: loading every active job on each tick cost about 1 s of store time per
+        # infrastructure with 5,000 jobs (bench/replicas.py), for a poll due once per watch_period.
+        if not self.store.jobs.poll_due(name, now, TERMINAL):
             return
         jobs = [j for j in self.store.jobs.active(name, TERMINAL) if j["scheduler_id"]]
         if not jobs:
@@ -548,7 +577,9 @@ class JobService:
         )
         self._count(infra["name"], "exit_codes")
         try:
-            result = self.infrastructures.run(infra, script, action="reading exit codes")
+            # On stdin, not as the command: 5,000 jobs leaving at once (a mass cancel in bench/replicas.py)
+            # made a 1 MB command line, and sshd resets a connection whose exec request exceeds 256 KiB.
+            result = self.infrastructures.run(infra, "sh -s", stdin=script.encode(), action="reading exit codes")
         except DomainError as exc:
             self._poll_failed(infra["name"], [job for job, _ in gone], exc.detail)
             return

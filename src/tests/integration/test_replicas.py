@@ -172,10 +172,12 @@ def test_a_killed_replica_has_its_polls_and_transfers_taken_over_and_nothing_is_
     before = {index: replicas.stats(index)["jobs"].get("tb-slurm", {}).get("status", 0) for index in survivors}
 
     killed_at = replicas.kill(victim)
-    first_poll = first_transfer = None
-    while first_poll is None or first_transfer is None:
-        assert time.time() - killed_at < 60, f"no takeover 60 s after the kill (lease {LEASE} s)"
+    claimed = first_poll = first_transfer = None
+    while first_poll is None or first_transfer is None or claimed is None:
+        assert time.time() - killed_at < 90, f"no takeover 90 s after the kill (lease {LEASE} s)"
         now = time.time()
+        if claimed is None and replicas.poll_owners()["tb-slurm"] in [f"replica-{i}" for i in survivors]:
+            claimed = now - killed_at
         if first_poll is None and any(
                 replicas.stats(index)["jobs"].get("tb-slurm", {}).get("status", 0) > before[index]
                 for index in survivors):
@@ -187,13 +189,13 @@ def test_a_killed_replica_has_its_polls_and_transfers_taken_over_and_nothing_is_
                 or leases[tid][2] == "completed" for tid in held):
             first_transfer = now - killed_at
         time.sleep(0.1)
-    print(f"replica-{victim} killed holding the tb-slurm poll lease and {len(held)} transfer(s); first poll by a "
-          f"survivor after {first_poll:.1f}s, first transfer claimed after {first_transfer:.1f}s (lease {LEASE}s)")
-    # Taken over once the lease ran out: not before it (the victim's lease was fresh), and not
-    # only when the victim comes back.
-    assert first_poll < LEASE + 20, first_poll
-    assert first_transfer < LEASE + 20, first_transfer
-    assert replicas.poll_owners()["tb-slurm"] != f"replica-{victim}"
+    print(f"replica-{victim} killed holding the tb-slurm poll lease and {len(held)} transfer(s); the poll lease "
+          f"taken over after {claimed:.1f}s, first status command by a survivor after {first_poll:.1f}s (when a "
+          f"submitted job was due), first transfer claimed after {first_transfer:.1f}s (lease {LEASE}s)")
+    # Taken over once the lease ran out, not only when the victim comes back (with the 60 s poll lease
+    # of old, this took up to a minute).
+    assert claimed < LEASE + 15, claimed
+    assert first_transfer < LEASE + 15, first_transfer
 
     # The balancer sends requests on to the survivors: no client sees the dead replica.
     codes = [replicas.get(f"/job/{jobs[i % len(jobs)]['id']}", token="user").status_code for i in range(12)]
