@@ -247,10 +247,13 @@ class Bench:
         return {index: self.replicas.stats(index) for index in range(1, self.replicas.count + 1)}
 
     def poll_window(self, seconds: float, label: str) -> dict:
-        """Status commands of all replicas together per infrastructure and period, and the longest poll
-        (the longest time a poll lease went unrenewed: a poll in progress)."""
+        """Status commands of all replicas together per infrastructure and period, and the longest poll.
+
+        A poll lease is renewed every 0.5 s between polls and every third of its length during one, so a
+        run of renewal gaps longer than a second is a poll in progress: its length, to within a third of
+        the lease, is the sum of that run."""
         before = self.snapshot()
-        gaps: dict[str, list[float]] = {"tb-slurm": [], "tb-pbs": []}
+        gaps: dict[str, list[tuple[float, bool]]] = {"tb-slurm": [], "tb-pbs": []}
         last: dict[str, tuple] = {}
         end = time.time() + seconds
         with self.replicas.engine.connect() as conn:
@@ -260,7 +263,12 @@ class Bench:
                 now = time.time()
                 for name, until in rows:
                     if name in last and last[name][0] != until:
-                        gaps[name].append(now - last[name][1])
+                        gap = now - last[name][1]
+                        polls = gaps[name]
+                        if gap > 1.0 and polls and polls[-1][1]:
+                            polls[-1] = (polls[-1][0] + gap, True)  # the same poll goes on
+                        else:
+                            polls.append((gap, gap > 1.0))
                     if name not in last or last[name][0] != until:
                         last[name] = (until, now)
                 time.sleep(0.1)
@@ -273,7 +281,7 @@ class Bench:
         for infra in ("tb-slurm", "tb-pbs"):
             commands = counts.get(infra, 0) - base.get(infra, 0)
             result[infra] = {"status_commands": commands, "per_period": round(commands / periods, 2),
-                             "longest_poll_s": round(max(gaps[infra]), 1) if gaps[infra] else None}
+                             "longest_poll_s": round(max(g for g, _ in gaps[infra]), 1) if gaps[infra] else None}
         per_replica = {f"replica-{i}": {k: v - status_counts({i: before[i]}).get(k, 0)
                                         for k, v in status_counts({i: after[i]}).items()} for i in alive}
         say(f"poll cost {label} ({seconds:.0f}s, period {self.args.period}s, replicas {alive}): "
