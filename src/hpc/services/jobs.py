@@ -468,7 +468,7 @@ class JobService:
     @contextlib.contextmanager
     def _poll_lease_renewed(self, name: str):
         """Renews the poll lease while a poll runs: a poll of thousands of jobs may outlast the lease
-        (bench/replicas.py: 30-110 s for 5,000 jobs on the loaded testbed), and another replica must not
+        (bench/replicas.py: over 30 s for 5,000 jobs on the loaded testbed), and another replica must not
         start a second one meanwhile."""
         done = threading.Event()
         lease = self.config.poll_lease_seconds
