@@ -64,8 +64,8 @@ class Config:
     background: bool = True  # run pollers and transfer workers in this process
     instance_id: str = ""  # names this replica in work leases; default host:pid
     # Work leases between replicas sharing one database (docs/operations.md, "Several replicas"): the
-    # holder renews them every half second; a replica that dies has its work taken over by another
-    # when they run out. Shorter means faster takeover; a poll or submission must finish within it.
+    # holder renews them as it works; a replica that dies has its work taken over by another when they
+    # run out. Shorter means faster takeover; one submission (SSH commands) must fit in its lease.
     poll_lease_seconds: float = 30.0  # polling an infrastructure's jobs
     submit_lease_seconds: float = 60.0  # submitting a claimed job
     log_level: str = "INFO"
