@@ -103,6 +103,11 @@ def cluster_dir(sources):
     """hpcgw-replicas/<tag> under the cluster user's home: the jobs' files and the transfers' targets."""
     relative = f"hpcgw-replicas/{sources['tag']}"
     yield relative, CLUSTER_HOME / relative
+    # After a failure, jobs of this module may still wait in the queue: they would write here later.
+    queue = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout.split("\n")
+    left = [line.split()[0] for line in queue if line.strip() and line.split()[1].startswith(f"rs{sources['tag']}-")]
+    if left:
+        subprocess.run(["scancel", *left], check=False)
     shutil.rmtree(CLUSTER_HOME / relative, ignore_errors=True)
     if (CLUSTER_HOME / "hpcgw-replicas").exists() and not any((CLUSTER_HOME / "hpcgw-replicas").iterdir()):
         (CLUSTER_HOME / "hpcgw-replicas").rmdir()
