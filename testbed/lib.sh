@@ -338,10 +338,15 @@ MailProg=/bin/true
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=600
+# bench/replicas.py keeps 10,000 jobs queued (default limit 10000, finished jobs included until MinJobAge)
+MaxJobCount=50000
 KillWait=5
 SlurmdTimeout=30
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# State=DOWN: jobs queue here (Reason=PartitionDown) and never start, so benchmarks can keep thousands of
+# jobs active without taking the 2 CPUs from other tests' jobs.
+PartitionName=parked Nodes=localhost MaxTime=INFINITE State=DOWN
 EOF
     SLURM_CONF_CHANGED=$CHANGED
 }

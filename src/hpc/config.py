@@ -63,6 +63,11 @@ class Config:
     min_watch_period: float = 2.0
     background: bool = True  # run pollers and transfer workers in this process
     instance_id: str = ""  # names this replica in work leases; default host:pid
+    # Work leases between replicas sharing one database (docs/operations.md, "Several replicas"): the
+    # holder renews them as it works; a replica that dies has its work taken over by another when they
+    # run out. Shorter means faster takeover; one submission (SSH commands) must fit in its lease.
+    poll_lease_seconds: float = 30.0  # polling an infrastructure's jobs
+    submit_lease_seconds: float = 60.0  # submitting a claimed job
     log_level: str = "INFO"
     fast_path: bool = True  # answer status GETs ahead of Connexion (hpc.api.fastpath)
     # Largest request body accepted (bytes), checked before anything parses it (hpc.api.guard): larger
@@ -181,6 +186,13 @@ def _parse_networks(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _positive(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ConfigError(f"must be more than 0 seconds, not {value!r}")
+    return number
+
+
 _CONVERTERS = {
     "listen_port": int,
     "staging_quota": parse_size,
@@ -198,7 +210,9 @@ _CONVERTERS = {
     "transfer_workers": int,
     "transfer_retries": int,
     "transfer_retry_delay": float,
-    "transfer_lease_seconds": float,
+    "transfer_lease_seconds": _positive,
+    "poll_lease_seconds": _positive,
+    "submit_lease_seconds": _positive,
     "transfer_max_rate": parse_size,
     "sftp_streams": int,
     "sftp_parallel_threshold": parse_size,

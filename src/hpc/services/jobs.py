@@ -17,6 +17,7 @@ job: it keeps its state with the fault as ``reason``, and tracking resumes when 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import posixpath
@@ -64,8 +65,6 @@ _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 TICK = 0.5  # seconds between scans for due work
-POLL_LEASE = 60.0  # seconds a replica holds an infrastructure's poll lease without renewing it
-SUBMIT_LEASE = 120.0
 SUBMIT_GIVE_UP = timedelta(minutes=10)  # cluster unreachable this long after the request: the job fails
 MISSING_POLLS_LIMIT = 3  # polls a job may be absent from the queue with no exit code before it is unknown
 BACKOFF_MAX = 60.0
@@ -359,7 +358,7 @@ class JobService:
     def _tick(self) -> None:
         with self._lock:
             busy = set(self._in_flight)
-        for row in self.store.jobs.claim_submissions(self.owner, SUBMIT_LEASE, limit=32):
+        for row in self.store.jobs.claim_submissions(self.owner, self.config.submit_lease_seconds, limit=32):
             if row["id"] in busy:
                 continue
             with self._lock:
@@ -396,7 +395,13 @@ class JobService:
             return
         scheduler = get_scheduler(infra["scheduler"])
         attempts = row["submit_attempts"] + 1
-        self.store.jobs.update(job_id, submit_attempts=attempts)
+        # The lease is renewed here, and the job dropped if it was lost while the row waited for a worker
+        # thread: another replica has taken the submission over, and two must never submit one job.
+        lease = utcnow() + timedelta(seconds=self.config.submit_lease_seconds)
+        held = [self.store.jobs.table.c.lease_owner == self.owner, self.store.jobs.table.c.state == SUBMITTING]
+        if not self.store.jobs.update(job_id, held, submit_attempts=attempts, lease_until=lease):
+            log.info("job %s: its submission lease passed to another replica", job_id)
+            return
         try:
             home = self._home(infra)
             job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
@@ -536,19 +541,47 @@ class JobService:
 
     def _poll_guarded(self, name: str) -> None:
         try:
-            if self.store.infrastructures.claim_poll(name, self.owner, POLL_LEASE):
-                self._poll(name)
+            if self.store.infrastructures.claim_poll(name, self.owner, self.config.poll_lease_seconds):
+                with self._poll_lease_renewed(name):
+                    self._poll(name)
         except Exception:
             log.exception("polling %s failed unexpectedly", name)
         finally:
             with self._lock:
                 self._polling.discard(name)
 
+    @contextlib.contextmanager
+    def _poll_lease_renewed(self, name: str):
+        """Renews the poll lease while a poll runs: a poll of thousands of jobs may outlast the lease
+        (bench/replicas.py: over 30 s for 5,000 jobs on the loaded testbed), and another replica must not
+        start a second one meanwhile."""
+        done = threading.Event()
+        lease = self.config.poll_lease_seconds
+
+        def renew() -> None:
+            while not done.wait(lease / 3):
+                try:
+                    self.store.infrastructures.claim_poll(name, self.owner, lease)
+                except Exception:  # the store may be briefly unavailable: the next renewal tries again
+                    log.warning("renewing the poll lease of %s failed", name, exc_info=True)
+
+        renewer = threading.Thread(target=renew, name=f"poll-lease-{name}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def _poll(self, name: str) -> None:
         """One round for one infrastructure: cancels, then ONE status command if any job is due."""
         now = utcnow()
         backoff_until = self._backoff.get(name, (now, 0.0))[0]
         if backoff_until > now:
+            return
+        # One cheap query first: loading every active job on each tick cost about 1 s of store time per
+        # infrastructure with 5,000 jobs (bench/replicas.py), for a poll due once per watch_period.
+        if not self.store.jobs.poll_due(name, now, TERMINAL):
             return
         jobs = [j for j in self.store.jobs.active(name, TERMINAL) if j["scheduler_id"]]
         if not jobs:
@@ -628,7 +661,9 @@ class JobService:
         )
         self._count(infra["name"], "exit_codes")
         try:
-            result = self.infrastructures.run(infra, script, action="reading exit codes")
+            # On stdin, not as the command: 5,000 jobs leaving at once (a mass cancel in bench/replicas.py)
+            # made a 1 MB command line, and sshd resets a connection whose exec request exceeds 256 KiB.
+            result = self.infrastructures.run(infra, "sh -s", stdin=script.encode(), action="reading exit codes")
         except DomainError as exc:
             self._poll_failed(infra["name"], [job for job, _ in gone] + list(starting), exc.detail)
             return

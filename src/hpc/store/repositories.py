@@ -177,6 +177,18 @@ class JobRepository(_Repository):
             ).all()
         return [_row(r) for r in rows]
 
+    def poll_due(self, infrastructure: str, now: datetime, terminal: Iterable[str]) -> bool:
+        """Whether a submitted, unfinished job of the infrastructure is due for a status check or has a
+        cancel to send."""
+        c = self.table.c
+        due = sa.or_(c.next_poll_at.is_(None), c.next_poll_at <= now,
+                     sa.and_(c.cancel_requested.is_(True), c.cancel_sent_at.is_(None)))
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(c.id).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)),
+                                      c.scheduler_id.is_not(None), c.scheduler_id != "", due).limit(1)
+            ).first() is not None
+
     def active_infrastructures(self, terminal: Iterable[str]) -> list[str]:
         c = self.table.c
         with self.engine.connect() as conn:

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
     ("sftp.py", "gateway SSH layer put"),
     ("e2e.py", "s3 -> cluster"),
     ("events.py", "webhook deliveries"),
+    ("replicas.py", "takeover after kill -9"),
 ])
 def test_benchmark_smoke_run(testbed, script, expect):
     result = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True,
