@@ -306,7 +306,10 @@ class JobDryRun(BaseModel):
         None, description="The login user's home directory on the cluster."
     )
     job_dir: str = Field(..., description='The job directory the files go to.')
-    workdir: str | None = Field(None, description='Where the payload runs (absolute).')
+    workdir: str = Field(
+        ...,
+        description='Where the payload runs (absolute; the job directory unless `workdir` was given).',
+    )
     script: str = Field(
         ..., description='The batch script, as written to `script_path`.'
     )

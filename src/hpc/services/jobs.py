@@ -345,7 +345,7 @@ class JobService:
             "template_version": spec.get("template_version"),
             "home": home,
             "job_dir": job_dir,
-            "workdir": plan.spec.workdir,
+            "workdir": plan.spec.workdir or job_dir,
             "script": plan.script,
             "script_path": plan.script_path,
             "payload": plan.payload,
