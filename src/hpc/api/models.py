@@ -344,7 +344,7 @@ class TemplateVersionRequest(BaseModel):
     )
     parameters: dict[str, Any] | None = Field(
         None,
-        description='A JSON Schema (draft 2020-12 unless `$schema` says otherwise) of the parameters object, of\n`type: object`; every placeholder must be one of its `properties`, with a `type` among\nstring, integer, number, boolean and array (of those). `default`s fill what a job omits.\nAt most 64 KiB as JSON and 16 levels deep; `$ref` only inside the schema (`#...`).\n',
+        description='A JSON Schema (draft 2020-12) of the parameters object, of `type: object`; every\nplaceholder must be one of its `properties`, with a `type` among string, integer, number,\nboolean and array (of those). `default`s fill what a job omits. At most 64 KiB as JSON and\n16 levels deep; `$ref` only as a pointer into the schema (`#/$defs/...`), no `$id`.\n',
     )
     resources: JobResources | None = None
 

@@ -38,6 +38,7 @@ of the output with its newline (an optional command line, such as SERRANO's CSV 
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass
@@ -103,8 +104,18 @@ class _Frame:
     closer: str = ""  # for arith: "))" ; for cmd: ")"
 
 
-def _line(body: str, pos: int) -> int:
-    return body.count("\n", 0, pos) + 1
+def _newlines(body: str) -> list[int]:
+    return [m.start() for m in re.finditer("\n", body)]
+
+
+def _line(newlines: list[int], pos: int) -> int:
+    """The 1-based line of offset ``pos``, from the sorted offsets of the body's newlines."""
+    return bisect.bisect_left(newlines, pos) + 1
+
+
+def placeholder_names(body: str) -> list[str]:
+    """The parameter names a body uses, in order of first use (no context check: see :func:`scan`)."""
+    return list(dict.fromkeys(m.group(1) for m in PLACEHOLDER.finditer(body)))
 
 
 def scan(body: str) -> list[Placeholder]:
@@ -119,7 +130,7 @@ def scan(body: str) -> list[Placeholder]:
         match = PLACEHOLDER.match(body, index)
         if match is None:
             raise TemplateSyntaxError("'{{' must open a placeholder {{name}} (write {''{ for two braces)",
-                                      _line(body, index))
+                                      _line(_newlines(body), index))
         starts[index] = match
     found: list[Placeholder] = []
     if not starts:
@@ -135,6 +146,8 @@ class _Lexer:
     def __init__(self, body: str, starts: dict[int, re.Match]):
         self.body = body
         self.starts = starts
+        self.offsets = sorted(starts)
+        self.newlines = _newlines(body)
         self.stack: list[_Frame] = [_Frame("top")]
         self.heredocs: list[tuple[str, bool]] = []
         self.unsure: tuple[str, int] | None = None
@@ -143,17 +156,17 @@ class _Lexer:
     # -- helpers ------------------------------------------------------------------------------------
 
     def fail(self, message: str, pos: int) -> None:
-        raise TemplateSyntaxError(message, _line(self.body, pos))
+        raise TemplateSyntaxError(message, _line(self.newlines, pos))
 
     def doubt(self, why: str, pos: int) -> None:
         if self.unsure is None:
-            self.unsure = (why, _line(self.body, pos))
+            self.unsure = (why, _line(self.newlines, pos))
 
     def guard(self, start: int, end: int, what: str) -> None:
         """Refuses a placeholder that starts inside ``body[start:end]`` (consumed as one token)."""
-        for index in self.starts:
-            if start <= index < end:
-                self.fail(f"a placeholder cannot stand {what}", index)
+        first = bisect.bisect_left(self.offsets, start)
+        if first < len(self.offsets) and self.offsets[first] < end:
+            self.fail(f"a placeholder cannot stand {what}", self.offsets[first])
 
     def word_start(self, i: int) -> bool:
         return i == 0 or self.body[i - 1] in _WORD_END
@@ -195,7 +208,7 @@ class _Lexer:
         line_end = len(self.body) if line_end < 0 else line_end
         alone = self.body[line_start:i].strip(" \t") == "" and self.body[end:line_end].strip(" \t") == ""
         self.found.append(Placeholder(
-            name=name, start=i, end=end, line=_line(self.body, i), context=context,
+            name=name, start=i, end=end, line=_line(self.newlines, i), context=context,
             whole_word=context == COMMENT or (before in _ARRAY_BEFORE and after in _ARRAY_AFTER), alone=alone,
         ))
         return end

@@ -13,6 +13,7 @@ request (:mod:`hpc.schedulers.serrano` derives its values).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import datetime, timezone
@@ -20,13 +21,14 @@ from typing import Any
 
 import referencing
 from jsonschema import Draft202012Validator, SchemaError
-from jsonschema.validators import validator_for
+from referencing.exceptions import Unresolvable
 
 from hpc.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hpc.schedulers import serrano
 from hpc.schedulers.template import (
     TemplateSyntaxError,
     TemplateValueError,
+    placeholder_names,
     render,
     scan,
 )
@@ -43,7 +45,10 @@ SCHEMA_MAX_DEPTH = 16
 PAYLOAD_MAX_BYTES = 1024 * 1024  # the rendered payload, as a script job's is bounded by the contract
 RENDERABLE_TYPES = frozenset({"string", "integer", "number", "boolean", "array"})
 _SCALAR_TYPES = RENDERABLE_TYPES - {"array"}
-_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+# Keywords that name or move a schema's base URI, or refer by anchor: refused, so that every reference is
+# a JSON pointer into the one document (checked to resolve) and no URI is ever looked up.
+_REFUSED_KEYWORDS = ("$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveRef", "$recursiveAnchor")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # No registry entry is ever fetched: a reference outside the schema (refused at registration) could
 # otherwise make jsonschema retrieve a URL.
@@ -61,24 +66,57 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _outside_reference(schema: Any) -> str | None:
-    """The dotted path of the first ``$ref`` (or dynamic reference) that points outside the schema."""
+def _pointer_target(schema: Any, reference: str) -> bool:
+    """Whether ``#/a/b`` (RFC 6901, percent-encoding aside) names a value inside ``schema``."""
+    node = schema
+    for token in reference[2:].split("/") if reference != "#" else ():
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
+
+
+def _reference_problem(schema: Any) -> tuple[str, str] | None:
+    """``(path, why)`` of the first reference that is not a JSON pointer resolving inside ``schema``."""
     stack: list[tuple[list[str], Any]] = [([], schema)]
     while stack:
         path, item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                if key in _REF_KEYWORDS and not (isinstance(child, str) and child.startswith("#")):
-                    return ".".join(path + [key])
+                if key in _REFUSED_KEYWORDS:
+                    return ".".join(path + [key]), f"{key} is not supported: refer with $ref '#/...' only"
+                if key == "$ref":
+                    if not (isinstance(child, str) and (child == "#" or child.startswith("#/"))):
+                        return ".".join(path + [key]), "only references inside the schema ('#/...') are allowed"
+                    if not _pointer_target(schema, child):
+                        return ".".join(path + [key]), "the reference names nothing in the schema"
                 stack.append((path + [key], child))
         elif isinstance(item, list):
             stack.extend((path + [str(i)], child) for i, child in enumerate(item))
     return None
 
 
-def _validator(schema: dict[str, Any]):
-    cls = validator_for(schema, default=Draft202012Validator)
-    return cls(schema, registry=_NO_RETRIEVAL, format_checker=cls.FORMAT_CHECKER)
+@functools.lru_cache(maxsize=64)
+def _placeholders(body: str) -> tuple:
+    """:func:`scan` of a stored body (versions never change: each is read once per process, not per job)."""
+    return tuple(scan(body))
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(schema, registry=_NO_RETRIEVAL, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _errors(schema: dict[str, Any], instance: Any) -> list:
+    """Every violation of ``schema`` by ``instance``, in path order."""
+    try:
+        errors = list(_validator(schema).iter_errors(instance))
+    except Unresolvable:  # refused at registration (_reference_problem); kept so it can never be a 500
+        raise InvalidInput("parameters: the schema has a reference that names nothing in it", "parameters") from None
+    return sorted(errors, key=lambda e: list(map(str, e.absolute_path)))
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -93,13 +131,15 @@ def check_schema(schema: dict[str, Any]) -> None:
                            "parameters")
     if _depth(schema) > SCHEMA_MAX_DEPTH:
         raise InvalidInput(f"parameters: the schema nests deeper than {SCHEMA_MAX_DEPTH} levels", "parameters")
-    reference = _outside_reference(schema)
+    if schema.get("$schema", DRAFT) != DRAFT:
+        raise InvalidInput(f"parameters.$schema: parameter schemas are JSON Schema draft 2020-12 ({DRAFT})",
+                           "parameters.$schema")
+    reference = _reference_problem(schema)
     if reference:
-        raise InvalidInput(f"parameters.{reference}: only references inside the schema ('#...') are allowed",
-                           f"parameters.{reference}")
-    cls = validator_for(schema, default=Draft202012Validator)
+        where, why = reference
+        raise InvalidInput(f"parameters.{where}: {why}", f"parameters.{where}")
     try:
-        cls.check_schema(schema)
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = ".".join(["parameters", *map(str, exc.absolute_path)])
         raise InvalidInput(f"{where}: not a valid JSON Schema: {exc.message[:300]}", where) from None
@@ -148,7 +188,7 @@ def check_template(body: str, schema: dict[str, Any]) -> list[str]:
                                    "word (each item becomes one word)", "body")
     defaults = {name: prop["default"] for name, prop in properties.items() if isinstance(prop, dict)
                 and "default" in prop}
-    for error in _validator(schema).iter_errors(defaults):
+    for error in _errors(schema, defaults):
         path = list(error.absolute_path)
         if path and path[0] in defaults:
             field = f"parameters.properties.{path[0]}.default"
@@ -166,12 +206,14 @@ def render_parameters(body: str, schema: dict[str, Any], parameters: dict[str, A
     for name, prop in (schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop and name not in values:
             values[name] = prop["default"]
-    errors = sorted(_validator(schema).iter_errors(values), key=lambda e: list(map(str, e.absolute_path)))
+    errors = _errors(schema, values)
     if errors:
         field = ".".join(["parameters", *filter(None, [field_of(errors[0])])])
         raise InvalidInput(f"{field}: {describe(errors[0], 'the template')}", field)
     try:
-        payload = render(body, values)
+        payload = render(body, values, _placeholders(body))
+    except TemplateSyntaxError as exc:  # registered under other rules: a new version must fix it
+        raise Conflict(f"the template no longer passes the checks ({exc}): add a fixed version", "template") from None
     except TemplateValueError as exc:
         raise InvalidInput(f"parameters.{exc.name}: {exc}", f"parameters.{exc.name}") from None
     size = len(payload.encode())
@@ -259,7 +301,7 @@ class TemplateService:
 
     def list(self, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         """The newest version of every template by name, the built-in one first."""
-        rows, total = self.store.templates.latest(limit, max(0, offset - 1) if offset else 0)
+        rows, total = self.store.templates.latest(limit, max(0, offset - 1))  # the built-in one is number 0
         if offset == 0:
             rows = [_builtin(), *rows][:limit]
         return [self._shown(row, row["version"]) for row in rows], total + 1
@@ -302,7 +344,7 @@ class TemplateService:
     def _shown(row: dict[str, Any], latest_version: int) -> dict[str, Any]:
         shown = dict(row, latest_version=latest_version)
         shown.setdefault("builtin", False)
-        shown["placeholders"] = list(dict.fromkeys(ph.name for ph in scan(row["body"])))
+        shown["placeholders"] = placeholder_names(row["body"])
         return shown
 
     @staticmethod

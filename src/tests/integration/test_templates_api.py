@@ -219,7 +219,7 @@ BAD_PARAMETERS = [
     ({"who": "x", "files": ["a", {"b": 1}]}, "parameters.files.1"),
     ({"who": "x", "surprise": "$(id)"}, "parameters.surprise"),
     ({"who": "a\u0000b"}, "parameters.who"),
-
+]
 
 
 def test_bad_parameters_are_400_and_nothing_is_created(templated):

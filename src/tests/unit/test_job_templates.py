@@ -144,6 +144,12 @@ def refused(body, schema) -> InvalidInput:
 
 def test_a_good_template_lists_its_placeholders():
     assert check_template(BODY, SCHEMA) == ["threads", "input", "files"]
+    with_defs = {"type": "object", "$defs": {"path": {"type": "string", "pattern": "^[^/]"}},
+                 "properties": {"input": {"$ref": "#/$defs/path", "type": "string"}}}
+    assert check_template("run {{input}}\n", with_defs) == ["input"]
+    with pytest.raises(InvalidInput) as caught:
+        render_parameters("run {{input}}\n", with_defs, {"input": "/etc/passwd"})
+    assert caught.value.field == "parameters.input"
 
 
 @pytest.mark.parametrize("schema, field", [
@@ -154,6 +160,12 @@ def test_a_good_template_lists_its_placeholders():
      "parameters.properties.input.$ref"),
     ({"type": "object", "$defs": {"x": {"$dynamicRef": "file:///etc/passwd"}}}, "parameters.$defs.x.$dynamicRef"),
     ({"type": "object", "description": "x" * 70000}, "parameters"),
+    ({"type": "object", "properties": {"input": {"type": "string", "$ref": "#/$defs/missing"}}},
+     "parameters.properties.input.$ref"),
+    ({"type": "object", "$id": "http://127.0.0.1:8081/schema"}, "parameters.$id"),
+    ({"type": "object", "properties": {"input": {"$anchor": "x", "type": "string"}}},
+     "parameters.properties.input.$anchor"),
+    ({"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"}, "parameters.$schema"),
 ])
 def test_an_invalid_or_unbounded_schema_is_refused(schema, field):
     assert refused("echo hi\n", schema).field == field
