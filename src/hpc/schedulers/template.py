@@ -21,6 +21,10 @@ registered, from the shell's own lexical rules):
 - *comment context*: after a ``#`` that starts a comment. Nothing there is run; the value is written as
   plain text with every control character (newline included) replaced by a space, so it cannot end the
   comment. An array's items are joined by spaces.
+- *evaluated words*: where bash evaluates even a quoted word as arithmetic or code (an operand of
+  ``[[ ]]`` with an arithmetic test, an array subscript, ``let``, ``eval``, ``declare -i``), each
+  placeholder records why (``Placeholder.evaluated``); the template service admits only integer, number
+  or boolean parameters there.
 - anywhere else the template is refused: inside ``'...'``, ``"..."``, backticks, ``$'...'``, ``${...}``,
   ``$((...))``, ``((...))``, ``$[...]``, a here-document (its body or its delimiter), right after a
   backslash or a ``$``. A quoted word would not be one word there (inside ``"..."`` the shell would run a
@@ -39,6 +43,7 @@ of the output with its newline (an optional command line, such as SERRANO's CSV 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -95,6 +100,7 @@ class Placeholder:
     context: str  # WORD or COMMENT
     whole_word: bool  # stands apart from other text (may take an array)
     alone: bool  # the only thing on its line (an empty array leaves the line out)
+    evaluated: str | None = None  # why bash runs this word as code or arithmetic, if it does
 
 
 @dataclass
@@ -102,10 +108,28 @@ class _Frame:
     kind: str  # top, cmd, sq, dq, bt, ansic, param, arith, bracket, comment
     depth: int = 0  # open parentheses (top, cmd, arith) or braces (param)
     closer: str = ""  # for arith: "))" ; for cmd: ")"
+    test: tuple[int, int] | None = None  # an open [[ ... ]]: (its offset, placeholders found before it)
+
+
+# Where bash evaluates an expanded word as arithmetic (which runs a $(...) inside an array subscript of
+# the value: `[[ 1 -eq 'a[$(id)]' ]]` runs id) or as code, so a quoted string is not data there.
+_SUBSCRIPT = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*)?\[[^\]]*")
+_ARITHMETIC_TEST = re.compile(r"\s-(?:eq|ne|lt|le|gt|ge)\s")
+_COMMAND_START = re.compile(r"[\n;&|(`{]")
+_KEYWORDS = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "time", "{", "(", "command"})
+_DECLARE = frozenset({"declare", "typeset", "local", "export", "readonly"})
+_COMMAND_HEAD = 256  # characters of a command looked at for its name and options
+_BLANKS = 256  # blanks around a placeholder still "alone on its line"
 
 
 def _newlines(body: str) -> list[int]:
     return [m.start() for m in re.finditer("\n", body)]
+
+
+def _last_before(offsets: list[int], pos: int) -> int:
+    """The greatest of the sorted ``offsets`` below ``pos``, or -1."""
+    index = bisect.bisect_left(offsets, pos)
+    return offsets[index - 1] if index else -1
 
 
 def _line(newlines: list[int], pos: int) -> int:
@@ -148,6 +172,8 @@ class _Lexer:
         self.starts = starts
         self.offsets = sorted(starts)
         self.newlines = _newlines(body)
+        self.word_breaks = [m.start() for m in re.finditer(r"[ \t\n;&|()<>]", body)]
+        self.command_breaks = [m.start() for m in _COMMAND_START.finditer(body)]
         self.stack: list[_Frame] = [_Frame("top")]
         self.heredocs: list[tuple[str, bool]] = []
         self.unsure: tuple[str, int] | None = None
@@ -203,15 +229,38 @@ class _Lexer:
         end = match.end()
         before = self.body[i - 1] if i > 0 else "\n"
         after = self.body[end] if end < len(self.body) else "\n"
-        line_start = self.body.rfind("\n", 0, i) + 1
-        line_end = self.body.find("\n", end)
-        line_end = len(self.body) if line_end < 0 else line_end
-        alone = self.body[line_start:i].strip(" \t") == "" and self.body[end:line_end].strip(" \t") == ""
+        line_start = _last_before(self.newlines, i) + 1
+        following = bisect.bisect_left(self.newlines, end)
+        line_end = self.newlines[following] if following < len(self.newlines) else len(self.body)
+        # Alone on its line: only blanks around it (a long run of text is not looked through).
+        alone = (i - line_start <= _BLANKS and line_end - end <= _BLANKS
+                 and not self.body[line_start:i].strip(" \t") and not self.body[end:line_end].strip(" \t"))
         self.found.append(Placeholder(
             name=name, start=i, end=end, line=_line(self.newlines, i), context=context,
             whole_word=context == COMMENT or (before in _ARRAY_BEFORE and after in _ARRAY_AFTER), alone=alone,
+            evaluated=self.evaluated_by(i) if context == WORD else None,
         ))
         return end
+
+    def evaluated_by(self, i: int) -> str | None:
+        """Why bash would evaluate the word at ``i`` as arithmetic or code (see :data:`_SUBSCRIPT`)."""
+        body = self.body
+        word_start = _last_before(self.word_breaks, i) + 1
+        if _SUBSCRIPT.fullmatch(body, word_start, i):
+            return "an array subscript, evaluated as arithmetic"
+        command_start = _last_before(self.command_breaks, word_start) + 1
+        words = body[command_start:min(word_start, command_start + _COMMAND_HEAD)].split()
+        while words and words[0] in _KEYWORDS:
+            words.pop(0)
+        if not words:
+            return None
+        if words[0] == "let":
+            return "an argument of let, evaluated as arithmetic"
+        if words[0] == "eval":
+            return "an argument of eval, run as code"
+        if words[0] in _DECLARE and any(w.startswith("-") and "i" in w for w in words[1:]):
+            return f"a value of {words[0]} -i, evaluated as arithmetic"
+        return None
 
     def open_common(self, i: int) -> int | None:
         """Openers valid in unquoted and double-quoted text: ``$(``, ``$((``, ``${``, ``$[``, backticks."""
@@ -258,6 +307,17 @@ class _Lexer:
     def unquoted(self, frame: _Frame, i: int) -> int:
         body = self.body
         ch = body[i]
+        if ch == "[" and body.startswith("[[", i) and self.word_start(i) and body[i + 2:i + 3] in (" ", "\t"):
+            frame.test = (i, len(self.found))
+            return i + 2
+        if ch == "]" and frame.test and body.startswith("]]", i) and self.word_start(i):
+            start, first = frame.test
+            frame.test = None
+            if _ARITHMETIC_TEST.search(body, start, i):
+                for n in range(first, len(self.found)):
+                    self.found[n] = dataclasses.replace(self.found[n], evaluated="an operand of [[ ]] with an "
+                                                        "arithmetic test (-eq, -lt, ...), evaluated as arithmetic")
+            return i + 2
         if ch == "\\":
             return self.escape(i)
         if ch == "\n":

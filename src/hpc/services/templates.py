@@ -45,6 +45,9 @@ SCHEMA_MAX_DEPTH = 16
 PAYLOAD_MAX_BYTES = 1024 * 1024  # the rendered payload, as a script job's is bounded by the contract
 RENDERABLE_TYPES = frozenset({"string", "integer", "number", "boolean", "array"})
 _SCALAR_TYPES = RENDERABLE_TYPES - {"array"}
+# What may stand where bash evaluates a word as arithmetic or code: its rendering is a plain number or
+# true/false, never text a shell could run.
+_INERT_TYPES = frozenset({"integer", "number", "boolean"})
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # Keywords that name or move a schema's base URI, or refer by anchor: refused, so that every reference is
 # a JSON pointer into the one document (checked to resolve) and no URI is ever looked up.
@@ -177,8 +180,8 @@ def check_template(body: str, schema: dict[str, Any]) -> list[str]:
             raise InvalidInput(f"parameters.properties.{ph.name}.type: a parameter used in the body must declare "
                                f"a type among {', '.join(sorted(RENDERABLE_TYPES))}",
                                f"parameters.properties.{ph.name}.type")
+        items = _property_types(prop.get("items")) if "array" in types else set()
         if "array" in types:
-            items = _property_types(prop.get("items"))
             if not items or not items <= _SCALAR_TYPES:
                 raise InvalidInput(f"parameters.properties.{ph.name}.items.type: an array parameter's items must "
                                    f"declare a type among {', '.join(sorted(_SCALAR_TYPES))}",
@@ -186,6 +189,10 @@ def check_template(body: str, schema: dict[str, Any]) -> list[str]:
             if not ph.whole_word:
                 raise InvalidInput(f"body: line {ph.line}: array parameter {{{{{ph.name}}}}} must stand as a whole "
                                    "word (each item becomes one word)", "body")
+        if ph.evaluated and not ((types - {"array"}) | items) <= _INERT_TYPES:
+            raise InvalidInput(f"body: line {ph.line}: {{{{{ph.name}}}}} stands where bash runs the word as code "
+                               f"({ph.evaluated}), so a quoted string is not data there; only a parameter of type "
+                               "integer, number or boolean may stand there", "body")
     defaults = {name: prop["default"] for name, prop in properties.items() if isinstance(prop, dict)
                 and "default" in prop}
     for error in _errors(schema, defaults):

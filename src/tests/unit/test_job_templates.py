@@ -189,6 +189,33 @@ def test_placeholder_without_parameter_or_type_is_refused():
     assert refused("echo {{input}}\n", nested).field == "parameters.properties.input.items.type"
 
 
+@pytest.mark.parametrize("body", [
+    "[[ {{input}} -eq 1 ]] && echo one\n",
+    "if [[ -n x && 3 -lt {{input}} ]]; then :; fi\n",
+    "arr[{{input}}]=1\n",
+    "arr=([{{input}}]=1)\n",
+    "let n={{input}}+1\n",
+    "if true; then declare -ri n={{input}}; fi\n",
+    "eval {{input}}\n",
+])
+def test_a_string_where_bash_evaluates_arithmetic_or_code_is_refused(tmp_path, body):
+    refusal = refused(body, SCHEMA)
+    assert (refusal.field, "runs the word as code" in refusal.detail) == ("body", True)
+    numeric = {"type": "object", "properties": {"input": {"type": "integer"}}}
+    assert check_template(body, numeric) == ["input"]
+
+
+def test_why_a_quoted_string_is_not_data_in_arithmetic(tmp_path):
+    """The hazard the refusal above is about, shown with a real bash: quoting does not help there."""
+    marker = tmp_path / "pwned"
+    hostile = f"a[$(touch {marker})]"
+    assert bash(render("[[ 1 -eq {{v}} ]]\n", {"v": hostile}), tmp_path).returncode != 0
+    assert marker.exists()
+    marker.unlink()
+    assert bash(render("[ 1 -eq {{v}} ]; [[ {{v}} == x ]]\n", {"v": hostile}), tmp_path).returncode != 0
+    assert not marker.exists()  # test's -eq and [[ == ]] take it as data
+
+
 def test_array_inside_a_word_bad_default_and_bad_body_are_refused():
     assert refused("echo --f={{files}}\n", SCHEMA).field == "body"
     bad_default = {"type": "object", "properties": {"n": {"type": "integer", "default": "two"}}}
