@@ -133,13 +133,7 @@ class InfrastructureService:
         if bool(key.path) == bool(key.private_key):
             raise InvalidInput("give exactly one of ssh_key.path and ssh_key.private_key", "ssh_key.path")
         key_path = self._checked_key_path(key.path) if key.path else None
-        host_key = request.host_key.strip() if request.host_key else None
-        if host_key:
-            try:
-                fingerprint(host_key)
-            except (IndexError, ValueError):
-                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
-                                   "host_key") from None
+        host_key = self._checked_host_key(request.host_key)
         target = self._target(
             host=request.host,
             port=request.port or 22,
@@ -247,15 +241,7 @@ class InfrastructureService:
                 key_data = key.private_key or None
             passphrase = key.password
             key_type = key.type.value if key.type else key_type
-        host_key = row["host_key"]
-        if "host_key" in given:
-            host_key = (request.host_key or "").strip() or None
-            if host_key:
-                try:
-                    fingerprint(host_key)
-                except (IndexError, ValueError):
-                    raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
-                                       "host_key") from None
+        host_key = self._checked_host_key(request.host_key) if "host_key" in given else row["host_key"]
         target = self._target(host=host, port=port, username=username, key_path=key_path, key_data=key_data,
                               passphrase=passphrase, host_key=host_key)
         seen_key = self._check_reachable(target, row["scheduler"])
@@ -264,6 +250,18 @@ class InfrastructureService:
         return {"host": host, "port": port, "username": username, "key_type": key_type, "key_path": key_path,
                 "key_data_enc": self.secrets.encrypt(key_data), "passphrase_enc": self.secrets.encrypt(passphrase),
                 "host_key": seen_key}
+
+    @staticmethod
+    def _checked_host_key(text: str | None) -> str | None:
+        """A host key to pin, ``type base64`` (None for none or an empty one), refused unless it reads as one."""
+        host_key = (text or "").strip() or None
+        if host_key:
+            try:
+                fingerprint(host_key)
+            except (IndexError, ValueError):
+                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
+                                   "host_key") from None
+        return host_key
 
     def _check_address(self, host: str, port: int) -> None:
         """Every address ``host`` resolves to, checked before any connection is opened: the same policy

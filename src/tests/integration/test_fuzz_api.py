@@ -8,8 +8,9 @@ are stored but never executed; the testbed is registered first so valid infrastr
 ``fuzz_hooks`` keeps every address local (no fuzzed host name reaches DNS).
 
 Left out: ``positive_data_acceptance`` (a schema-valid request must be accepted): the contract has
-rules beyond JSON Schema that answer 400 as documented: exactly one of services, script or command; a
-NUL character in any body string; environment variable names; paths inside ``allowed_roots``. And
+rules beyond JSON Schema that answer 400 as documented: exactly one of services, script, command or
+template; a NUL character in any body string; environment variable names; paths inside ``allowed_roots``;
+a template's own parameter schema. And
 ``use_after_free`` (a deleted resource must be gone): DELETE on a job or a transfer cancels it, and its
 record stays readable with the outcome, as the contract says.
 

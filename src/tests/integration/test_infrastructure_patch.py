@@ -16,17 +16,10 @@ import pytest
 
 from hpc.ssh import SSHChannelError, SSHPool, SSHTarget
 from tests.integration.test_jobs_api import submit, wait_job
+from tests.integration.test_templates_api import problem
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def problem(response, status: int, field: str | None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body.get("field") == field, body
-    return body
 
 
 def patch(gateway, name: str, body, token: str = "admin"):
