@@ -6,7 +6,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, Field, RootModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 
 class Problem(BaseModel):
@@ -105,6 +105,16 @@ class SetupLine(RootModel[str]):
 
 class CommandSetupLine(RootModel[str]):
     root: str = Field(..., max_length=1024)
+
+
+class ResetSetting(Enum):
+    job_root = 'job_root'
+    allowed_roots = 'allowed_roots'
+    setup_lines = 'setup_lines'
+    command_setup_lines = 'command_setup_lines'
+    mpi_launcher = 'mpi_launcher'
+    serrano_resources = 'serrano_resources'
+    min_watch_period = 'min_watch_period'
 
 
 class Partition(BaseModel):
@@ -261,6 +271,165 @@ class JobRequest(BaseModel):
         max_length=2048,
         min_length=1,
     )
+    template: str | None = Field(
+        None,
+        description="(extension) A registered job template to run, with `parameters`. Exactly one of `services`,\n`script`, `command`, `template`. The template's default resources apply unless `resources`\ngives them.\n",
+        max_length=128,
+        min_length=1,
+        pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$',
+    )
+    template_version: int | None = Field(
+        None,
+        description='(extension) The template version to run; default its newest.',
+        ge=1,
+        le=2147483647,
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="(extension) The template's parameters, checked against its JSON Schema (a 400 names\n`parameters.<name>`); defaults from the schema fill what is not given.\n",
+    )
+    reservation: str | None = Field(
+        None,
+        description='(extension) A `reservation` from `POST /job/dry_run`: the job gets the id the dry run\nreserved, so its script is the one the dry run showed. Good for one job.\n',
+        max_length=1024,
+        min_length=1,
+    )
+
+
+class Kind(Enum):
+    serrano = 'serrano'
+    script = 'script'
+    command = 'command'
+    template = 'template'
+
+
+class JobDryRun(BaseModel):
+    """
+    (extension) What `POST /job` with the same body would send to the cluster.
+    """
+
+    job_id: UUID = Field(..., description='The id the rendering used (reserved).')
+    reservation: str = Field(
+        ..., description='Give it as `reservation` to `POST /job` to use that id.'
+    )
+    reservation_expires_at: AwareDatetime | None = None
+    infrastructure: str
+    scheduler: HPCSchedulerType
+    kind: Kind
+    name: str = Field(
+        ...,
+        description="The job's name (the scheduler's directive carries it sanitised).",
+    )
+    template: str | None = None
+    template_version: int | None = None
+    home: str | None = Field(
+        None, description="The login user's home directory on the cluster."
+    )
+    job_dir: str = Field(..., description='The job directory the files go to.')
+    workdir: str = Field(
+        ...,
+        description='Where the payload runs (absolute; the job directory unless `workdir` was given).',
+    )
+    script: str = Field(
+        ..., description='The batch script, as written to `script_path`.'
+    )
+    script_path: str
+    payload: str = Field(
+        ..., description='The payload script, as written to `payload_path`.'
+    )
+    payload_path: str
+    submit_command: str = Field(
+        ...,
+        description='The command line run over SSH to submit (`script` on its stdin when `script_on_stdin`).',
+    )
+    script_on_stdin: bool
+    resources: JobResources
+    cluster_contacted: bool = Field(
+        ...,
+        description='Whether rendering asked the cluster (for the home directory, cached afterwards).',
+    )
+
+
+class TemplateVersionRequest(BaseModel):
+    """
+    (extension) A template's content; a new version of it when posted to its versions.
+    """
+
+    description: str | None = Field(None, max_length=4096)
+    body: str = Field(
+        ...,
+        description="The batch script's body (bash) with `{{name}}` placeholders. Each value becomes one\nsingle-quoted shell word (an array: one word per item); in a comment, plain text on one line.\n",
+        max_length=1048576,
+        min_length=1,
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description='A JSON Schema (draft 2020-12) of the parameters object, of `type: object`; every\nplaceholder must be one of its `properties`, with a `type` among string, integer, number,\nboolean and array (of those). `default`s fill what a job omits. At most 64 KiB as JSON and\n16 levels deep; `$ref` only as a pointer into the schema (`#/$defs/...`), no `$id`.\n',
+    )
+    resources: JobResources | None = None
+
+
+class TemplateRequest(TemplateVersionRequest):
+    """
+    (extension) A new job template.
+    """
+
+    name: str = Field(
+        ..., max_length=128, min_length=1, pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$'
+    )
+
+
+class Template(BaseModel):
+    """
+    (extension) One version of a job template.
+    """
+
+    name: str
+    version: int
+    description: str | None = None
+    body: str
+    parameters: dict[str, Any] = Field(
+        ..., description='The JSON Schema of the parameters.'
+    )
+    placeholders: list[str] = Field(
+        ..., description='The parameters the body uses, in order of first use.'
+    )
+    resources: JobResources | None = None
+    latest_version: int | None = Field(
+        None, description="The template's newest version."
+    )
+    builtin: bool = Field(
+        ..., description='The built-in `serrano` template (read-only).'
+    )
+    deprecated: bool
+    deprecated_at: AwareDatetime | None = None
+    owner: str | None = None
+    created_at: AwareDatetime | None = None
+
+
+class TemplateSummary(BaseModel):
+    name: str
+    version: int = Field(..., description='The newest version.')
+    description: str | None = None
+    builtin: bool
+    deprecated: bool
+    created_at: AwareDatetime | None = Field(
+        None, description='When the newest version was added.'
+    )
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TemplateVersionList(BaseModel):
+    items: list[Template]
+    total: int
+    limit: int
+    offset: int
 
 
 class JobStatusCode(Enum):
@@ -278,12 +447,6 @@ class JobState(Enum):
     cancelled = 'cancelled'
     timeout = 'timeout'
     unknown = 'unknown'
-
-
-class Kind(Enum):
-    serrano = 'serrano'
-    script = 'script'
-    command = 'command'
 
 
 class Stream(Enum):
@@ -371,7 +534,7 @@ class S3ResultTransferRequest(BaseModel):
     )
 
 
-class Kind1(Enum):
+class Kind2(Enum):
     http = 'http'
     s3_data = 's3_data'
     s3_result = 's3_result'
@@ -393,13 +556,13 @@ class EventType(Enum):
     transfer_state = 'transfer.state'
 
 
-class Kind2(Enum):
+class Kind3(Enum):
     job = 'job'
     transfer = 'transfer'
 
 
 class Resource(BaseModel):
-    kind: Kind2
+    kind: Kind3
     id: UUID
 
 
@@ -582,6 +745,34 @@ class InfrastructureSummary(BaseModel):
     created_at: AwareDatetime | None = None
 
 
+class InfrastructurePatch(BaseModel):
+    """
+    (extension) The fields to change; absent ones stay as they are.
+    """
+
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    host: str | None = Field(None, max_length=255, min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    username: str | None = Field(
+        None, max_length=64, min_length=1, pattern='^[A-Za-z0-9_][A-Za-z0-9_.-]*$'
+    )
+    hostname: str | None = Field(None, max_length=255, min_length=1)
+    ssh_key: SSHKey | None = None
+    host_key: str | None = Field(
+        None,
+        description='A host key to pin (`ssh-ed25519 AAAA...`); empty unpins it.',
+        max_length=16384,
+    )
+    settings: InfrastructureSettings | None = None
+    reset_settings: list[ResetSetting] | None = Field(
+        None,
+        description="Settings to drop, back to their defaults (applied before `settings`). The names of\n`InfrastructureSettings`' properties (a test keeps the two lists equal).\n",
+        max_length=32,
+    )
+
+
 class JobStatus(BaseModel):
     id: UUID
     scheduler_id: str = Field(
@@ -601,6 +792,12 @@ class JobStatus(BaseModel):
     exit_code: int | None = None
     name: str | None = None
     kind: Kind | None = None
+    template: str | None = Field(
+        None, description='(extension) The template the job was made from.'
+    )
+    template_version: int | None = Field(
+        None, description='(extension) The version of that template it ran with.'
+    )
     services: list[ServiceName] = Field(
         ...,
         description='The SERRANO services of the job; empty for script and command jobs.',
@@ -685,7 +882,7 @@ class TransferStatus(TransferProgress):
     """
 
     id: UUID
-    kind: Kind1
+    kind: Kind2
     infrastructure: str
     status: FileTransferStatusCode
     reason: str | None = ''

@@ -24,14 +24,10 @@ from urllib.parse import parse_qsl
 
 from connexion.exceptions import BadRequestProblem
 from connexion.validators import JSONRequestBodyValidator, ParameterValidator
-from jsonschema import Draft4Validator, ValidationError
+from jsonschema import Draft4Validator
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
-               float: "a number", type(None): "null"}
-_ARTICLE = {"object": "an object", "array": "an array", "string": "a string", "boolean": "a boolean",
-            "integer": "an integer", "number": "a number"}
-_SHOWN_LIMIT = 120
-
+from hpc.validation_messages import describe, dotted, field_of, json_type  # noqa: F401 (re-exported)
+from hpc.validation_messages import short as _short
 
 class FieldProblem(BadRequestProblem):
     """A 400 that names the request field at fault (``field`` in the problem document)."""
@@ -39,55 +35,6 @@ class FieldProblem(BadRequestProblem):
     def __init__(self, detail: str, field: str | None = None):
         super().__init__(detail=detail)
         self.field = field
-
-
-def dotted(path: Iterable[Any]) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def _short(value: Any) -> str:
-    text = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    return text if len(text) <= _SHOWN_LIMIT else text[:_SHOWN_LIMIT] + "..."
-
-
-def json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def describe(error: ValidationError) -> str:
-    """One line saying which rule the value broke, without the value (secret or not)."""
-    rule, limit, value = error.validator, error.validator_value, error.instance
-    if rule == "type":
-        wanted = " or ".join(_ARTICLE.get(t, t) for t in (limit if isinstance(limit, list) else [limit]))
-        return f"must be {wanted}, not {json_type(value)}"
-    if rule == "required":
-        missing = [name for name in limit if isinstance(value, dict) and name not in value]
-        return f"{_short(missing[0] if missing else limit)} is required"
-    texts = {
-        "enum": lambda: f"must be one of: {_short(limit)}",
-        "pattern": lambda: f"must match the pattern {_short(limit)}",
-        "format": lambda: f"must be a valid {limit}",
-        "maxLength": lambda: f"must be at most {limit} characters long",
-        "minLength": lambda: f"must be at least {limit} characters long",
-        "maximum": lambda: f"must be at most {limit}",
-        "minimum": lambda: f"must be at least {limit}",
-        "maxItems": lambda: f"must have at most {limit} items",
-        "minItems": lambda: f"must have at least {limit} items",
-        "maxProperties": lambda: f"must have at most {limit} entries",
-        "minProperties": lambda: f"must have at least {limit} entries",
-        "additionalProperties": lambda: "has a property the contract does not define",
-        "uniqueItems": lambda: "must not repeat items",
-    }
-    text = texts.get(rule)
-    return text() if text else f"breaks the contract's {rule!r} rule"
-
-
-def field_of(error: ValidationError) -> str | None:
-    path = list(error.absolute_path)
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [name for name in error.validator_value if name not in error.instance]
-        path += missing[:1]
-    return dotted(path) or None
 
 
 def nul_field(value: Any) -> str | None:

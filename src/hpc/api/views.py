@@ -95,6 +95,8 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
             exit_code=row["exit_code"],
             name=row["name"],
             kind=row["kind"],
+            template=spec.get("template"),
+            template_version=spec.get("template_version"),
             services=spec.get("services") or [],
             watch_period=row["watch_period"],
             cancel_requested=row["cancel_requested"],
@@ -109,3 +111,24 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
 
 def page(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
     return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def template(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.Template(
+        name=row["name"], version=row["version"], description=row["description"], body=row["body"],
+        parameters=row["parameters"], placeholders=row["placeholders"],
+        resources=models.JobResources.model_validate(row["resources"] or {}), latest_version=row["latest_version"],
+        builtin=row["builtin"], deprecated=row["deprecated_at"] is not None, deprecated_at=row["deprecated_at"],
+        owner=row["owner"], created_at=row["created_at"],
+    ))
+
+
+def template_summary(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.TemplateSummary(
+        name=row["name"], version=row["version"], description=row["description"], builtin=row["builtin"],
+        deprecated=row["deprecated_at"] is not None, created_at=row["created_at"],
+    ))
+
+
+def dry_run(document: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.JobDryRun.model_validate(document))

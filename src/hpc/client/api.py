@@ -31,11 +31,13 @@ from hpc.client.records import (
     Health,
     InfrastructureSummary,
     InfrastructureTelemetry,
+    JobDryRun,
     JobOutput,
     JobStatus,
     Event,
     Page,
     Subscription,
+    Template,
     TransferKind,
     TransferStatus,
 )
@@ -194,6 +196,25 @@ class Client:
                        "settings": dict(settings) if settings is not None else None, **extra})
         return self.request("POST", "/infrastructure", json=body)
 
+    def update_infrastructure(self, name: str, *, host: str | None = None, port: int | None = None,
+                              username: str | None = None, hostname: str | None = None,
+                              ssh_key: Mapping[str, Any] | None = None, host_key: str | None = None,
+                              settings: Mapping[str, Any] | None = None, reset_settings: Sequence[str] | None = None,
+                              **extra: Any) -> InfrastructureSummary:
+        """PATCH /infrastructure/{name}: changes the given fields only (admin).
+
+        A new connection (``host``, ``port``, ``username``, ``ssh_key``, ``host_key``) is tried before the
+        gateway answers; if it does not work the gateway refuses (422) and keeps the old one.
+        ``settings`` are merged key by key; ``reset_settings`` names settings to drop back to their
+        defaults; ``host_key=""`` unpins the host key; ``ssh_key={"password": ...}`` alone changes the
+        passphrase of the current key.
+        """
+        body = _clean({"host": host, "port": port, "username": username, "hostname": hostname,
+                       "ssh_key": dict(ssh_key) if ssh_key is not None else None, "host_key": host_key,
+                       "settings": dict(settings) if settings is not None else None,
+                       "reset_settings": list(reset_settings) if reset_settings is not None else None, **extra})
+        return self.request("PATCH", f"/infrastructure/{_segment(name)}", json=body)
+
     def delete_infrastructure(self, name: str) -> None:
         """DELETE /infrastructure/{name} (admin); 409 while it has active jobs or transfers."""
         self.request("DELETE", f"/infrastructure/{_segment(name)}")
@@ -206,28 +227,34 @@ class Client:
 
     def submit_job(self, infrastructure: str, *, services: Sequence[str] | None = None,
                    params: Mapping[str, Any] | None = None, script: str | None = None,
-                   command: Sequence[str] | None = None, resources: Mapping[str, Any] | None = None,
-                   name: str | None = None, workdir: str | None = None, env: Mapping[str, str] | None = None,
-                   watch_period: float | None = None, **extra: Any) -> JobStatus:
+                   command: Sequence[str] | None = None, template: str | None = None,
+                   parameters: Mapping[str, Any] | None = None, template_version: int | None = None,
+                   resources: Mapping[str, Any] | None = None, name: str | None = None,
+                   workdir: str | None = None, env: Mapping[str, str] | None = None,
+                   watch_period: float | None = None, reservation: str | None = None, **extra: Any) -> JobStatus:
         """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
 
         Give exactly one of ``services`` (SERRANO services, with ``params`` holding at least
-        ``read_input_data``), ``script`` (a bash script) or ``command`` (argv, each element one word).
-        ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
-        (``[D-]HH:MM:SS``), ``partition``, ``account``.
+        ``read_input_data``), ``script`` (a bash script), ``command`` (argv, each element one word) or
+        ``template`` (a registered job template, with its ``parameters``; ``template_version`` default
+        the newest). ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
+        (``[D-]HH:MM:SS``), ``partition``, ``account``. ``reservation`` (from :meth:`dry_run_job`): the
+        job takes the id the dry run reserved, so it runs the script the dry run showed.
         """
-        body = _clean({
-            "infrastructure": infrastructure,
-            "services": list(services) if services is not None else None,
-            "params": dict(params) if params is not None else None,
-            "script": script,
-            "command": list(command) if command is not None else None,
-            "resources": dict(resources) if resources is not None else None,
-            "name": name, "workdir": workdir,
-            "env": dict(env) if env is not None else None,
-            "watch_period": watch_period, **extra,
-        })
-        return self.request("POST", "/job", json=body)
+        return self.request("POST", "/job", json=_job_body(**locals()))
+
+    def dry_run_job(self, infrastructure: str, *, services: Sequence[str] | None = None,
+                    params: Mapping[str, Any] | None = None, script: str | None = None,
+                    command: Sequence[str] | None = None, template: str | None = None,
+                    parameters: Mapping[str, Any] | None = None, template_version: int | None = None,
+                    resources: Mapping[str, Any] | None = None, name: str | None = None,
+                    workdir: str | None = None, env: Mapping[str, str] | None = None,
+                    watch_period: float | None = None, reservation: str | None = None,
+                    **extra: Any) -> JobDryRun:
+        """POST /job/dry_run: what :meth:`submit_job` with the same arguments would send, without
+        submitting (the batch script, the payload, the submit command, the resolved resources). Pass its
+        ``reservation`` to :meth:`submit_job` to submit exactly that."""
+        return self.request("POST", "/job/dry_run", json=_job_body(**locals()))
 
     def get_job(self, job_id: str) -> JobStatus:
         """GET /job/{id}."""
@@ -296,6 +323,47 @@ class Client:
         job_id = _id_of(job_id)
         return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update,
                           job_id if use_events else None)
+
+    # -- job templates -----------------------------------------------------------------------------
+
+    def create_template(self, name: str, body: str, *, parameters: Mapping[str, Any] | None = None,
+                        description: str | None = None, resources: Mapping[str, Any] | None = None,
+                        **extra: Any) -> Template:
+        """POST /template: registers version 1 of a job template (admin).
+
+        Args:
+            name: The name jobs give as ``template``.
+            body: The batch script's body (bash) with ``{{name}}`` placeholders.
+            parameters: The JSON Schema of the parameters (``type: object``, each placeholder a property).
+            description: A line for people.
+            resources: Default resources of its jobs.
+        """
+        return self.request("POST", "/template", json=_template_body(name=name, **_without(locals(), "name")))
+
+    def add_template_version(self, name: str, body: str, *, parameters: Mapping[str, Any] | None = None,
+                             description: str | None = None, resources: Mapping[str, Any] | None = None,
+                             **extra: Any) -> Template:
+        """POST /template/{name}/versions: updates a template as a new version (admin)."""
+        return self.request("POST", f"/template/{_segment(name)}/versions",
+                            json=_template_body(**_without(locals(), "name")))
+
+    def list_templates(self, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /template: every template's newest version (summaries), the built-in ``serrano`` first."""
+        return self._get("/template", limit=limit, offset=offset)
+
+    def get_template(self, name: str, version: int | None = None) -> Template:
+        """GET /template/{name}, or /template/{name}/versions/{version}."""
+        if version is None:
+            return self._get(f"/template/{_segment(name)}")
+        return self._get(f"/template/{_segment(name)}/versions/{int(version)}")
+
+    def template_versions(self, name: str, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /template/{name}/versions: its versions, newest first."""
+        return self._get(f"/template/{_segment(name)}/versions", limit=limit, offset=offset)
+
+    def deprecate_template(self, name: str) -> None:
+        """DELETE /template/{name}: refuses new jobs from it (admin); its versions stay readable."""
+        self.request("DELETE", f"/template/{_segment(name)}")
 
     # -- transfers ---------------------------------------------------------------------------------
 
@@ -481,6 +549,31 @@ def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None
     if left <= 0:
         raise errors.WaitTimeout(what, timeout or 0, last())
     time.sleep(min(poll, left))
+
+
+def _without(fields: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """A method's arguments (``locals()``) minus ``self``, ``names`` and ``extra``, with ``extra`` merged in."""
+    kept = {key: value for key, value in fields.items() if key not in ("self", "extra", *names)}
+    return {**kept, **fields.get("extra", {})}
+
+
+def _job_body(**fields: Any) -> dict[str, Any]:
+    """The body of POST /job and /job/dry_run from :meth:`Client.submit_job`'s arguments."""
+    fields = _without(fields)
+    for key in ("services", "command"):
+        if fields.get(key) is not None:
+            fields[key] = list(fields[key])
+    for key in ("params", "parameters", "resources", "env"):
+        if fields.get(key) is not None:
+            fields[key] = dict(fields[key])
+    return _clean(fields)
+
+
+def _template_body(**fields: Any) -> dict[str, Any]:
+    for key in ("parameters", "resources"):
+        if fields.get(key) is not None:
+            fields[key] = dict(fields[key])
+    return _clean(fields)
 
 
 def _id_of(value: str | Mapping[str, Any]) -> str:

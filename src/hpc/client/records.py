@@ -70,7 +70,9 @@ class JobStatus(TypedDict, total=False):
     reason: str | None
     exit_code: int | None
     name: str
-    kind: Literal["serrano", "script", "command"]
+    kind: Literal["serrano", "script", "command", "template"]
+    template: str | None
+    template_version: int | None
     services: list[str]
     watch_period: float
     cancel_requested: bool
@@ -79,6 +81,49 @@ class JobStatus(TypedDict, total=False):
     started_at: str | None
     ended_at: str | None
     updated_at: str
+
+
+class JobDryRun(TypedDict, total=False):
+    """What ``POST /job`` would send (``POST /job/dry_run``); ``reservation`` makes the job use ``job_id``."""
+
+    job_id: str
+    reservation: str
+    reservation_expires_at: str
+    infrastructure: str
+    scheduler: str
+    kind: str
+    name: str
+    template: str | None
+    template_version: int | None
+    home: str
+    job_dir: str
+    workdir: str | None
+    script: str
+    script_path: str
+    payload: str
+    payload_path: str
+    submit_command: str
+    script_on_stdin: bool
+    resources: dict
+    cluster_contacted: bool
+
+
+class Template(TypedDict, total=False):
+    """One version of a job template (listings carry only the summary fields)."""
+
+    name: str
+    version: int
+    description: str
+    body: str
+    parameters: dict
+    placeholders: list[str]
+    resources: dict
+    latest_version: int
+    builtin: bool
+    deprecated: bool
+    deprecated_at: str | None
+    owner: str
+    created_at: str
 
 
 class JobOutput(TypedDict, total=False):

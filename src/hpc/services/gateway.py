@@ -11,6 +11,7 @@ from hpc.services.events import EventService
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
 from hpc.services.jobs import JobService
+from hpc.services.templates import TemplateService
 from hpc.services.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from hpc.services.transfers import TransferService
 from hpc.services.webhooks import WebhookService
@@ -29,7 +30,8 @@ class Gateway:
         self.secrets = SecretBox.from_config(config.encryption_key, config.resolved_encryption_key_file)
         self.pool = SSHPool()
         self.infrastructures = InfrastructureService(config, self.store, self.secrets, self.pool, self.active_work)
-        self.jobs = JobService(config, self.store, self.infrastructures)
+        self.templates = TemplateService(self.store)
+        self.jobs = JobService(config, self.store, self.infrastructures, self.templates)
         self.transfers = TransferService(config, self.store, self.secrets, self.infrastructures)
         self.events = EventService(self.store)
         self.webhooks = WebhookService(config, self.store, self.secrets)

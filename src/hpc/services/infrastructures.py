@@ -153,13 +153,7 @@ class InfrastructureService:
         if bool(key.path) == bool(key.private_key):
             raise InvalidInput("give exactly one of ssh_key.path and ssh_key.private_key", "ssh_key.path")
         key_path = self._checked_key_path(key.path) if key.path else None
-        host_key = request.host_key.strip() if request.host_key else None
-        if host_key:
-            try:
-                fingerprint(host_key)
-            except (IndexError, ValueError):
-                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
-                                   "host_key") from None
+        host_key = self._checked_host_key(request.host_key)
         target = self._target(
             host=request.host,
             port=request.port or 22,
@@ -202,6 +196,97 @@ class InfrastructureService:
         log.info("registered infrastructure %s (%s@%s:%s, %s)", row["name"], row["username"], row["host"],
                  row["port"], row["scheduler"])
         return row
+
+    def update(self, name: str, request: Any, principal: Principal) -> dict[str, Any]:
+        """Changes a registered infrastructure (admin), checked as at registration, all or nothing.
+
+        When a connection field (host, port, username, ssh_key, host_key) is given, the new values are
+        verified over a fresh SSH connection first (host key, login, the scheduler's command); only then
+        is the row written, in one UPDATE, and the pooled connection dropped, so the next command (job
+        tracking included) connects with the new values. A refusal leaves every old value in force.
+
+        Args:
+            request: An ``hpc.api.models.InfrastructurePatch``.
+
+        Raises:
+            Forbidden, NotFound, InvalidInput (a refused value, ``field`` naming it), ClusterRefused or
+            ClusterTimeout (the new connection does not work).
+        """
+        self._require_admin(principal)
+        row = self.get(name)
+        given = request.model_fields_set
+        changes: dict[str, Any] = {}
+        if "settings" in given or "reset_settings" in given:
+            settings = dict(row["settings"] or {})
+            for key in request.reset_settings or ():
+                settings.pop(key.value, None)
+            if request.settings is not None:  # only the settings given: the contract's defaults would reset others
+                settings.update(request.settings.model_dump(mode="json", exclude_unset=True, exclude_none=True))
+            check_settings(settings)
+            changes["settings"] = settings
+        if request.hostname is not None:
+            changes["hostname"] = request.hostname
+        connection = {"host", "port", "username", "ssh_key", "host_key"} & given
+        setup_lines = (changes.get("settings") or row["settings"] or {}).get("command_setup_lines") or []
+        if connection or ("settings" in changes and setup_lines != ((row["settings"] or {}).get("command_setup_lines")
+                                                                    or [])):
+            # New connection values, or new lines run before every command: proven over SSH first.
+            changes.update(self._new_connection(row, request, given, setup_lines))
+        if not changes:
+            return row
+        if not self.store.infrastructures.update(name, **changes):
+            raise NotFound(f"no infrastructure named {name!r}", "infrastructure")
+        if connection:
+            # The next command connects with the new values; those running on the old connection finish.
+            self.pool.retire(name, grace=self.config.ssh_command_timeout)
+        log.info("infrastructure %s changed by %s: %s", name, principal.name, ", ".join(sorted(
+            key for key in changes if key not in ("key_data_enc", "passphrase_enc"))))
+        # Audit seam: record ("infrastructure.update", name, changed field names, principal) once an audit log exists.
+        return self.get(name)
+
+    def _new_connection(self, row: dict[str, Any], request: Any, given: set[str],
+                        setup_lines: list[str]) -> dict[str, Any]:
+        """The connection columns for ``request``'s new values, after they worked over SSH."""
+        host = request.host if request.host is not None else row["host"]
+        port = request.port if request.port is not None else row["port"]
+        username = request.username if request.username is not None else row["username"]
+        if request.host is not None or request.port is not None:
+            self._check_address(check_host_name(host), port)
+        key_type, key_path = row["key_type"], row["key_path"]
+        key_data, passphrase = self.secrets.decrypt(row["key_data_enc"]), self.secrets.decrypt(row["passphrase_enc"])
+        key = request.ssh_key
+        if key is not None:
+            if key.path and key.private_key:
+                raise InvalidInput("give at most one of ssh_key.path and ssh_key.private_key", "ssh_key.path")
+            if not (key.path or key.private_key or key.password is not None):
+                raise InvalidInput("ssh_key needs a path, a private_key, or a password for the current key",
+                                   "ssh_key")
+            if key.path or key.private_key:
+                key_path = self._checked_key_path(key.path) if key.path else None
+                key_data = key.private_key or None
+            passphrase = key.password
+            key_type = key.type.value if key.type else key_type
+        host_key = self._checked_host_key(request.host_key) if "host_key" in given else row["host_key"]
+        target = self._target(host=host, port=port, username=username, key_path=key_path, key_data=key_data,
+                              passphrase=passphrase, host_key=host_key)
+        seen_key = self._check_reachable(target, row["scheduler"], setup_lines)
+        if host_key is None and target.trust_on_first_use:
+            log.warning("infrastructure %s: trusting host key %s on first use", row["name"], fingerprint(seen_key))
+        return {"host": host, "port": port, "username": username, "key_type": key_type, "key_path": key_path,
+                "key_data_enc": self.secrets.encrypt(key_data), "passphrase_enc": self.secrets.encrypt(passphrase),
+                "host_key": seen_key}
+
+    @staticmethod
+    def _checked_host_key(text: str | None) -> str | None:
+        """A host key to pin, ``type base64`` (None for none or an empty one), refused unless it reads as one."""
+        host_key = (text or "").strip() or None
+        if host_key:
+            try:
+                fingerprint(host_key)
+            except (IndexError, ValueError):
+                raise InvalidInput("host_key must read like a known_hosts key: 'ssh-ed25519 AAAA...'",
+                                   "host_key") from None
+        return host_key
 
     def _check_address(self, host: str, port: int) -> None:
         """Every address ``host`` resolves to, checked before any connection is opened: the same policy
@@ -332,11 +417,16 @@ class InfrastructureService:
         """The pooled connection of an infrastructure (opened lazily, reused by every caller)."""
         return self.pool.get(row["name"], self.target_of(row))
 
+    @staticmethod
+    def wire_command(row: dict[str, Any], command: str) -> str:
+        """The command line :meth:`run` sends over SSH for ``command`` (a dry run shows it): the
+        infrastructure's ``command_setup_lines`` first, when it has any."""
+        return with_command_setup(command, (row["settings"] or {}).get("command_setup_lines"))
+
     def run(self, row: dict[str, Any], command: str, *, action: str, stdin: bytes | None = None,
             timeout: float | None = None) -> CommandResult:
-        """Runs a command on the infrastructure (after its ``command_setup_lines``); SSH faults become domain
-        errors naming ``action``."""
-        command = with_command_setup(command, (row["settings"] or {}).get("command_setup_lines"))
+        """Runs a command on the infrastructure; SSH faults become domain errors naming ``action``."""
+        command = self.wire_command(row, command)
         try:
             return self.connection(row).run(command, stdin=stdin, timeout=timeout or self.config.ssh_command_timeout)
         except SSHError as exc:

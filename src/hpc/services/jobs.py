@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import posixpath
 import re
@@ -27,6 +28,7 @@ import threading
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -51,7 +53,7 @@ from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
 from hpc.staging.paths import inside, resolve_roots
 from hpc.states import JOB_ENDED_STATES
-from hpc.store import Store
+from hpc.store import DuplicateKey, Store
 from hpc.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ TICK = 0.5  # seconds between scans for due work
 SUBMIT_GIVE_UP = timedelta(minutes=10)  # cluster unreachable this long after the request: the job fails
 MISSING_POLLS_LIMIT = 3  # polls a job may be absent from the queue with no exit code before it is unknown
 BACKOFF_MAX = 60.0
+RESERVATION_TTL = timedelta(hours=24)  # how long a dry run's job id stays reserved
 
 
 def walltime_seconds(text: str) -> int:
@@ -80,6 +83,40 @@ def walltime_seconds(text: str) -> int:
     if total < 1:
         raise InvalidInput("walltime must be at least one second", "resources.walltime")
     return total
+
+
+def resources_of(values: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> Resources:
+    """Typed resources from a ``JobResources`` object laid over ``defaults``; InvalidInput when refused."""
+    merged = dict(defaults or {})
+    merged.update(values or {})
+    walltime = merged.pop("walltime", None)
+    try:
+        return Resources(walltime_s=walltime_seconds(walltime) if walltime else None, **merged)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"resources: {exc}", "resources") from None
+
+
+def format_walltime(seconds: int) -> str:
+    """Seconds as the contract's ``[D-]HH:MM:SS``."""
+    days, rest = divmod(seconds, 86400)
+    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+@dataclass(frozen=True)
+class SubmissionPlan:
+    """Everything a submission sends, rendered before anything is sent (what a dry run shows).
+
+    ``command`` is the scheduler's submit command as the adapter built it (``InfrastructureService.run``
+    sends it through ``wire_command``); ``stdin`` is what it reads (the script, for Slurm).
+    """
+
+    spec: JobSpec
+    payload: str
+    script: str
+    script_path: str
+    command: str
+    stdin: bytes | None
 
 
 def status_code(state: str) -> str:
@@ -158,15 +195,16 @@ def _epoch(text: str | None) -> datetime | None:
 class JobService:
     """Creates, tracks, cancels and reads jobs on registered infrastructures."""
 
-    def __init__(self, config: Config, store: Store, infrastructures: InfrastructureService):
+    def __init__(self, config: Config, store: Store, infrastructures: InfrastructureService, templates=None):
         self.config = config
         self.store = store
         self.infrastructures = infrastructures
+        self.templates = templates  # hpc.services.templates.TemplateService: payloads of template jobs
         self.owner = config.resolved_instance_id
         # Commands sent, per infrastructure and kind (status, submit, cancel, exit_codes): for
         # /stats, the tracking-cost benchmark and the test that counts status commands.
         self.counters: dict[str, Counter] = defaultdict(Counter)
-        self._homes: dict[str, str] = {}
+        self._homes: dict[tuple, str] = {}
         self._in_flight: set[str] = set()
         self._polling: set[str] = set()
         self._backoff: dict[str, tuple[datetime, float]] = {}
@@ -184,11 +222,51 @@ class JobService:
             request: An ``hpc.api.models.JobRequest``.
         """
         infra = self.infrastructures.get(request.infrastructure)  # NotFound: 404, as the contract lists
-        kinds = [k for k in ("services", "script", "command") if getattr(request, k) is not None]
+        kind, name, spec = self._draft(request, infra)
+        job_id = self._reserved(request.reservation, principal) if request.reservation else str(uuid.uuid4())
+        settings = infra["settings"] or {}
+        minimum = float(settings.get("min_watch_period") or self.config.min_watch_period)
+        now = utcnow()
+        try:
+            row = self.store.jobs.insert(
+                {
+                    "id": job_id,
+                    "infrastructure": infra["name"],
+                    "owner": principal.name,
+                    "kind": kind,
+                    "name": name[:256],
+                    "spec": spec,
+                    "scheduler_id": "",
+                    "state": SUBMITTING,
+                    "watch_period": max(float(request.watch_period if request.watch_period is not None else 10.0),
+                                        minimum),
+                    "cancel_requested": False,
+                    "created_at": now,
+                    "updated_at": now,
+                    "poll_failures": 0,
+                    "missing_polls": 0,
+                    "submit_attempts": 0,
+                }
+            )
+        except DuplicateKey:
+            raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation") from None
+        log.info("job %s accepted for %s (%s) by %s", row["id"], infra["name"], kind, principal.name)
+        self._wake.set()
+        return row
+
+    def _draft(self, request: Any, infra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """A job request checked and turned into ``(kind, name, spec)``: what ``create`` stores and what a
+        dry run renders. A new kind of job adds its branch here and its payload in :meth:`_payload`;
+        submission and dry run then follow from :meth:`_plan`."""
+        kinds = [k for k in ("services", "script", "command", "template") if getattr(request, k) is not None]
         if len(kinds) != 1:
-            raise InvalidInput("give exactly one of services, script or command", "services")
+            raise InvalidInput("give exactly one of services, script, command or template", "services")
         kind = {"services": "serrano"}.get(kinds[0], kinds[0])
+        for field in ("parameters", "template_version"):
+            if kind != "template" and getattr(request, field) is not None:
+                raise InvalidInput(f"{field} is for template jobs (give template)", field)
         spec: dict[str, Any] = {"kind": kind}
+        resources = request.resources.model_dump(mode="json", exclude_none=True) if request.resources else {}
         if kind == "serrano":
             services = [s.value for s in request.services]
             if request.params is None:
@@ -203,6 +281,15 @@ class JobService:
         elif kind == "script":
             spec["script"] = request.script
             name = request.name or "script"
+        elif kind == "template":
+            if self.templates is None:
+                raise InvalidInput("this gateway runs no job templates", "template")
+            parameters = dict(request.parameters or {})
+            template, payload = self.templates.payload(request.template, request.template_version, parameters)
+            spec.update(template=template["name"], template_version=template["version"], parameters=parameters,
+                        payload=payload)
+            resources = {**(template["resources"] or {}), **resources}
+            name = request.name or template["name"]
         else:
             spec["command"] = [item.root for item in request.command]
             name = request.name or (spec["command"][0].rsplit("/", 1)[-1] or "command")
@@ -217,34 +304,81 @@ class JobService:
                 raise InvalidInput("NUL bytes cannot be passed to a shell", f"env.{key}")
         if request.workdir is not None:
             self._check_workdir(infra, request.workdir)
-        resources = request.resources.model_dump(mode="json", exclude_none=True) if request.resources else {}
         self._resources(resources, infra, kind)  # validates now, so a bad request is a 400, not a failed job
         spec.update(resources=resources, workdir=request.workdir, env=env)
-        settings = infra["settings"] or {}
-        minimum = float(settings.get("min_watch_period") or self.config.min_watch_period)
-        now = utcnow()
-        row = self.store.jobs.insert(
-            {
-                "id": str(uuid.uuid4()),
-                "infrastructure": infra["name"],
-                "owner": principal.name,
-                "kind": kind,
-                "name": name[:256],
-                "spec": spec,
-                "scheduler_id": "",
-                "state": SUBMITTING,
-                "watch_period": max(float(request.watch_period if request.watch_period is not None else 10.0), minimum),
-                "cancel_requested": False,
-                "created_at": now,
-                "updated_at": now,
-                "poll_failures": 0,
-                "missing_polls": 0,
-                "submit_attempts": 0,
-            }
-        )
-        log.info("job %s accepted for %s (%s) by %s", row["id"], infra["name"], kind, principal.name)
-        self._wake.set()
-        return row
+        return kind, name, spec
+
+    def dry_run(self, request: Any, principal: Principal) -> dict[str, Any]:
+        """What ``create`` + the submission would send for ``request``, rendered without sending anything.
+
+        Creates no job and writes nothing; runs a command on the cluster only to learn the home
+        directory (once per infrastructure and process). The job id used is reserved: ``create`` with
+        the returned ``reservation`` makes the job under it, so its files are these, byte for byte.
+        """
+        infra = self.infrastructures.get(request.infrastructure)
+        contacted = self._home_key(infra) not in self._homes
+        kind, name, spec = self._draft(request, infra)
+        token = request.reservation
+        job_id = self._reserved(token, principal) if token else str(uuid.uuid4())
+        if self.store.jobs.get(job_id) is not None:
+            raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation")
+        if not token:
+            token = self._reserve(job_id, principal)
+        home = self._home(infra)
+        job_dir = self._job_dir(infra, home, job_id)
+        plan = self._plan({"id": job_id, "name": name, "spec": spec}, infra, home, job_dir)
+        res = plan.spec.resources
+        resources = {key: getattr(res, key) for key in ("nodes", "tasks", "cpus_per_task", "memory_mb", "partition",
+                                                          "account") if getattr(res, key) is not None}
+        if res.walltime_s:
+            resources["walltime"] = format_walltime(res.walltime_s)
+        return {
+            "job_id": job_id,
+            "reservation": token,
+            "reservation_expires_at": self._reservation(token)[2],
+            "infrastructure": infra["name"],
+            "scheduler": infra["scheduler"],
+            "kind": kind,
+            "name": name[:256],
+            "template": spec.get("template"),
+            "template_version": spec.get("template_version"),
+            "home": home,
+            "job_dir": job_dir,
+            "workdir": plan.spec.workdir or job_dir,
+            "script": plan.script,
+            "script_path": plan.script_path,
+            "payload": plan.payload,
+            "payload_path": plan.spec.payload,
+            "submit_command": self.infrastructures.wire_command(infra, plan.command),
+            "script_on_stdin": plan.stdin is not None,
+            "resources": resources,
+            "cluster_contacted": contacted,
+        }
+
+    def _reserve(self, job_id: str, principal: Principal) -> str:
+        """A reservation of ``job_id`` for ``principal``: encrypted, so only this gateway reads or makes one."""
+        expires = int((utcnow() + RESERVATION_TTL).timestamp())
+        return self.infrastructures.secrets.encrypt(json.dumps({"job": job_id, "owner": principal.name,
+                                                                "expires": expires}))
+
+    def _reservation(self, token: str) -> tuple[str, str, datetime]:
+        """``(job id, owner, expiry)`` of a reservation token; InvalidInput if it is none of this gateway's."""
+        try:
+            content = json.loads(self.infrastructures.secrets.decrypt(token))
+            return (str(uuid.UUID(content["job"])), str(content["owner"]),
+                    datetime.fromtimestamp(int(content["expires"]), timezone.utc))
+        except (ValueError, TypeError, KeyError):
+            raise InvalidInput("reservation is not one this gateway issued (from POST /job/dry_run)",
+                               "reservation") from None
+
+    def _reserved(self, token: str, principal: Principal) -> str:
+        """The job id a caller's reservation holds (refused when it is another caller's or expired)."""
+        job_id, owner, expires = self._reservation(token)
+        if owner != principal.name:
+            raise InvalidInput("reservation is not one this gateway issued (from POST /job/dry_run)", "reservation")
+        if expires < utcnow():
+            raise InvalidInput(f"reservation expired at {expires.isoformat()}: make a new dry run", "reservation")
+        return job_id
 
     def _check_workdir(self, infra: dict[str, Any], workdir: str) -> None:
         """``workdir`` must lie inside the infrastructure's ``allowed_roots`` (default: the home), as for
@@ -263,13 +397,8 @@ class JobService:
     @staticmethod
     def _resources(values: dict[str, Any], infra: dict[str, Any], kind: str) -> Resources:
         """Typed resources; SERRANO jobs start from the infrastructure's ``serrano_resources``."""
-        merged = dict((infra["settings"] or {}).get("serrano_resources") or {}) if kind == "serrano" else {}
-        merged.update(values or {})
-        walltime = merged.pop("walltime", None)
-        try:
-            return Resources(walltime_s=walltime_seconds(walltime) if walltime else None, **merged)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"resources: {exc}", "resources") from None
+        defaults = (infra["settings"] or {}).get("serrano_resources") if kind == "serrano" else None
+        return resources_of(values, defaults)
 
     def get(self, job_id: str, principal: Principal) -> dict[str, Any]:
         row = self.store.jobs.get(str(job_id))
@@ -405,7 +534,7 @@ class JobService:
         try:
             home = self._home(infra)
             job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
-            spec = self._job_spec(row, infra, home, job_dir)
+            plan = self._plan(row, infra, home, job_dir)
             if row["job_dir"]:
                 adopted = self._adopt(infra, scheduler, job_dir)
                 if adopted:
@@ -413,18 +542,15 @@ class JobService:
                     self._submitted(row, adopted)
                     return
             self.store.jobs.update(job_id, job_dir=job_dir)
-            script_path = f"{job_dir}/job.sh"
-            payload = self._payload(row, infra, home).encode()
             with self.infrastructures.sftp(infra, "writing the job's files") as sftp:
                 self._mkdirs(sftp, job_dir)
-                self._put(sftp, spec.payload, payload, 0o700)
-                self._put(sftp, script_path, scheduler.render_script(spec).encode(), 0o700)
-            command, stdin = scheduler.submit_command(spec, script_path)
+                self._put(sftp, plan.spec.payload, plan.payload.encode(), 0o700)
+                self._put(sftp, plan.script_path, plan.script.encode(), 0o700)
             if self.store.jobs.get(job_id)["cancel_requested"]:
                 self._end(row, "cancelled", reason="cancelled before it was submitted")
                 return
             self._count(infra["name"], "submit")
-            result = self.infrastructures.run(infra, command, stdin=stdin, action="submitting the job")
+            result = self.infrastructures.run(infra, plan.command, stdin=plan.stdin, action="submitting the job")
         except DomainError as exc:
             self._retry_submission(row, exc.detail)
             return
@@ -471,15 +597,20 @@ class JobService:
         except SchedulerCommandError:
             return None
 
+    @staticmethod
+    def _home_key(infra: dict[str, Any]) -> tuple:
+        # The connection's identity: a changed host, port or user (PATCH) has another home.
+        return infra["name"], infra["host"], infra["port"], infra["username"]
+
     def _home(self, infra: dict[str, Any]) -> str:
-        name = infra["name"]
-        if name not in self._homes:
+        key = self._home_key(infra)
+        if key not in self._homes:
             result = self.infrastructures.run(infra, 'printf %s "$HOME"', action="finding the home directory")
             home = result.stdout.strip()
             if result.exit_code != 0 or not home.startswith("/"):
                 raise ClusterUnavailable(f"cannot find the home directory of {infra['username']}")
-            self._homes[name] = home
-        return self._homes[name]
+            self._homes[key] = home
+        return self._homes[key]
 
     @staticmethod
     def _absolute(path: str, home: str) -> str:
@@ -506,11 +637,23 @@ class JobService:
             setup_lines=tuple((infra["settings"] or {}).get("setup_lines") or ()),
         )
 
+    def _plan(self, row: dict[str, Any], infra: dict[str, Any], home: str, job_dir: str) -> SubmissionPlan:
+        """The files and the submit command of a job (``row``: at least ``id``, ``name``, ``spec``): pure
+        rendering, the same for a submission and for a dry run."""
+        scheduler = get_scheduler(infra["scheduler"])
+        spec = self._job_spec(row, infra, home, job_dir)
+        script_path = f"{job_dir}/job.sh"
+        command, stdin = scheduler.submit_command(spec, script_path)
+        return SubmissionPlan(spec=spec, payload=self._payload(row, infra, home), script=scheduler.render_script(spec),
+                              script_path=script_path, command=command, stdin=stdin)
+
     @staticmethod
     def _payload(row: dict[str, Any], infra: dict[str, Any], home: str) -> str:
         spec = row["spec"]
         if spec["kind"] == "script":
             return spec["script"]
+        if spec["kind"] == "template":
+            return spec["payload"]  # rendered when the job was accepted (hpc.services.templates)
         if spec["kind"] == "command":
             return "#!/bin/bash\nexec " + " ".join(quote(word) for word in spec["command"]) + "\n"
         settings = infra["settings"] or {}

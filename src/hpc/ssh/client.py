@@ -130,6 +130,7 @@ class SSHConnection:
         self._server_key: paramiko.PKey | None = None
         # Key accepted on first use: later reconnects must see the same one.
         self._tofu_key: paramiko.PKey | None = None
+        self._retired = False  # replaced in its pool: never reconnects
 
     def __repr__(self) -> str:
         t = self.target
@@ -180,6 +181,21 @@ class SSHConnection:
         if t is not None:
             t.close()
 
+    def retire(self, grace: float) -> None:
+        """Close once the commands and SFTP sessions in progress have ended, or after ``grace`` seconds;
+        from now on the connection never reconnects (its pool holds a new one for the same key)."""
+        self._retired = True
+        slots = max(1, self.target.max_channels)
+        deadline = time.monotonic() + grace
+        taken = 0
+        try:
+            while taken < slots and self._channels.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                taken += 1
+        finally:
+            self.close()
+            for _ in range(taken):
+                self._channels.release()
+
     def open_dedicated(self) -> SSHConnection:
         """Open a new, separate transport to the same target (for parallel bulk transfers).
 
@@ -204,6 +220,9 @@ class SSHConnection:
                 if t is not None:
                     t.close()
                 self._transport = None
+                if self._retired:
+                    raise SSHChannelError(f"the connection to {self.target.host}:{self.target.port} was replaced "
+                                          "(its infrastructure changed)")
                 t = self._open_transport()
                 self._transport = t
             return t
@@ -577,6 +596,15 @@ class SSHPool:
         if stale is not None:
             stale.close()
         return conn
+
+    def retire(self, key: str, grace: float) -> None:
+        """Forget the connection of ``key`` at once (the next :meth:`get` opens a new one) and close it in
+        the background once the commands and SFTP sessions using it have ended, or after ``grace`` seconds:
+        what runs when an infrastructure's connection changes is not cut off."""
+        with self._lock:
+            conn = self._connections.pop(key, None)
+        if conn is not None:
+            threading.Thread(target=conn.retire, args=(grace,), name=f"ssh-retire-{key}", daemon=True).start()
 
     def drop(self, key: str) -> None:
         """Close and forget the connection of ``key`` (no error if absent)."""

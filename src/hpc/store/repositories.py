@@ -263,6 +263,65 @@ class TransferRepository(_Repository):
         )
 
 
+
+class TemplateRepository:
+    """Versions of job templates, keyed by (name, version)."""
+
+    table = tables.job_templates
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Writes one version; a new version clears the template's deprecation (all versions)."""
+        c = self.table.c
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert().values(**values))
+                conn.execute(self.table.update().where(c.name == values["name"]).values(deprecated_at=None))
+        except sa.exc.IntegrityError:
+            raise DuplicateKey(f"{values['name']} version {values['version']}") from None
+        return self.get(values["name"], values["version"])
+
+    def get(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """One version, the newest when ``version`` is None."""
+        c = self.table.c
+        statement = sa.select(self.table).where(c.name == name)
+        statement = statement.where(c.version == version) if version is not None else \
+            statement.order_by(c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return _row(conn.execute(statement).first())
+
+    def latest(self, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest version of every template, by name, and how many templates there are."""
+        c = self.table.c
+        newest = sa.select(c.name, sa.func.max(c.version).label("version")).group_by(c.name).subquery()
+        joined = self.table.join(newest, sa.and_(c.name == newest.c.name, c.version == newest.c.version))
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(newest)).scalar_one()
+            rows = conn.execute(sa.select(self.table).select_from(joined).order_by(c.name)
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def versions(self, name: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The versions of one template, newest first, and how many there are."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).where(c.name == name)).scalar_one()
+            rows = conn.execute(sa.select(self.table).where(c.name == name).order_by(c.version.desc())
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def deprecate(self, name: str, when: datetime) -> bool:
+        """Stamps every version of ``name`` deprecated (the first stamp is kept); True if it exists."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            found = conn.execute(sa.select(sa.func.count()).where(c.name == name)).scalar_one()
+            conn.execute(self.table.update().where(c.name == name, c.deprecated_at.is_(None))
+                         .values(deprecated_at=when))
+        return found > 0
+
+
 class Store:
     """The repositories over one engine."""
 
@@ -274,6 +333,7 @@ class Store:
         self.transfers = TransferRepository(engine, self.events)
         self.subscriptions = SubscriptionRepository(engine, self.events)
         self.deliveries = DeliveryRepository(engine)
+        self.templates = TemplateRepository(engine)
 
     @property
     def dialect(self) -> str:

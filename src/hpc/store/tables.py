@@ -179,3 +179,19 @@ deliveries = sa.Table(
     sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
     sqlite_autoincrement=True,
 )
+
+# Job templates (issue 13): one row per version of a template; a version never changes once written.
+# Deprecating a template stamps deprecated_at on all its versions; adding a version clears it.
+job_templates = sa.Table(
+    "job_templates",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the batch-script body with {{placeholders}}
+    sa.Column("parameters", sa.JSON, nullable=False),  # JSON Schema of the parameters
+    sa.Column("resources", sa.JSON, nullable=False),  # default JobResources
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("deprecated_at", UTCDateTime),
+)

@@ -5,8 +5,8 @@ They keep the generated requests local and let some reach the deep paths:
 - a body's ``infrastructure`` is often swapped for a registered name (``tb-slurm``, ``tb-pbs``), so job
   and transfer creation gets past the lookup to its own checks;
 - every address a request would make the gateway resolve or connect to is an IP literal on this box or
-  a link-local one (refused before any connection): registration hosts, HTTP sources, S3 endpoints.
-  No fuzzed host name ever reaches DNS.
+  a link-local one (refused before any connection): registration and PATCH hosts, HTTP sources, S3
+  endpoints. No fuzzed host name ever reaches DNS.
 
 The choices depend on the generated value only (no randomness of their own), so a seed reproduces a run.
 """
@@ -39,7 +39,7 @@ def map_body(context, body):
     path = context.operation.path
     if _valid_string(body, "infrastructure", 128):
         body["infrastructure"] = _pick(body, REGISTERED) or body["infrastructure"]
-    if path == "/infrastructure" and _valid_string(body, "host", 255):
+    if path in ("/infrastructure", "/infrastructure/{infrastructure_name}") and _valid_string(body, "host", 255):
         body["host"] = HOSTS[len(repr(body)) % len(HOSTS)]
     if path == "/data" and _valid_string(body, "src", 8192):
         body["src"] = "http://127.0.0.1:8081/hello.txt" if len(repr(body)) % 2 else "http://169.254.169.254/x"

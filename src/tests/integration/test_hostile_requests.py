@@ -253,7 +253,8 @@ def test_cluster_addresses_follow_the_allow_list(gateway_factory, testbed):
 
 def test_405_answers_carry_the_methods_of_the_path(gw):
     for method, path, allow in [("PUT", "/job", "GET, HEAD, POST"), ("DELETE", "/job", "GET, HEAD, POST"),
-                                ("POST", "/infrastructure/tb-slurm", "DELETE, GET, HEAD"),
+                                ("POST", "/infrastructure/tb-slurm", "DELETE, GET, HEAD, PATCH"),
+                                ("GET", "/job/dry_run", "POST"), ("DELETE", "/template/x/versions/1", "GET, HEAD"),
                                 ("PATCH", "/data/00000000-0000-0000-0000-000000000000", "DELETE, GET, HEAD")]:
         response = gw.request(method, path)
         problem(response, 405)

@@ -194,7 +194,7 @@ def test_405_carries_the_methods_of_the_path():
     status, headers, _, _, _ = run_guard("PUT", "/job")
     assert (status, headers[b"allow"]) == (405, b"GET, HEAD, POST")
     status, headers, _, _, _ = run_guard("POST", "/infrastructure/tb-slurm")
-    assert (status, headers[b"allow"]) == (405, b"DELETE, GET, HEAD")
+    assert (status, headers[b"allow"]) == (405, b"DELETE, GET, HEAD, PATCH")
     assert run_guard("HEAD", "/job")[0] == 299
 
 

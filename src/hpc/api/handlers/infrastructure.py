@@ -3,7 +3,7 @@
 from hpc.api import views
 from hpc.api.auth import caller
 from hpc.api.context import gateway
-from hpc.api.models import Infrastructure
+from hpc.api.models import Infrastructure, InfrastructurePatch
 
 
 def create_infrastructure(body):
@@ -17,6 +17,11 @@ def list_infrastructures():
 
 def get_infrastructure(infrastructure_name):
     return views.reply(views.infrastructure_summary(gateway().infrastructures.get(infrastructure_name)), 200)
+
+
+def update_infrastructure(infrastructure_name, body):
+    row = gateway().infrastructures.update(infrastructure_name, views.parse(InfrastructurePatch, body), caller())
+    return views.reply(views.infrastructure_summary(row), 200)
 
 
 def delete_infrastructure(infrastructure_name):

@@ -14,6 +14,10 @@ def create_job(body):
     return views.reply(with_callback(views.job_status(row), callback_url, "job", row["id"]), 201)
 
 
+def dry_run_job(body):
+    return views.reply(views.dry_run(gateway().jobs.dry_run(views.parse(JobRequest, body), caller())), 200)
+
+
 def get_job(job_id):
     return views.reply(views.job_status(gateway().jobs.get(job_id, caller())))
 
