@@ -7,9 +7,13 @@ import threading
 
 from hpc.config import Config
 from hpc.security import SecretBox
+from hpc.services.audit import AuditLog
+from hpc.services.health import StoreProbe
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
 from hpc.services.jobs import JobService
+from hpc.services.oidc import OidcVerifier
+from hpc.services.tokens import Authenticator, TokenService
 from hpc.services.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from hpc.services.transfers import TransferService
 from hpc.ssh import SSHPool
@@ -29,6 +33,11 @@ class Gateway:
         self.infrastructures = InfrastructureService(config, self.store, self.secrets, self.pool, self.active_work)
         self.jobs = JobService(config, self.store, self.infrastructures)
         self.transfers = TransferService(config, self.store, self.secrets, self.infrastructures)
+        self.audit = AuditLog(self.store)
+        self.tokens = TokenService(self.store, self.audit)
+        # The one check of every request's bearer credential (configured, API-made, OpenID Connect).
+        self.authenticate = Authenticator(config, self.tokens, OidcVerifier.from_config(config))
+        self.store_probe = StoreProbe(self.store, config.ready_timeout)  # /health/ready
         self._stop = threading.Event()
 
     def active_work(self, infrastructure: str) -> tuple[int, int]:

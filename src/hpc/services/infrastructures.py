@@ -23,6 +23,7 @@ from hpc.errors import (
 )
 from hpc.schedulers import SchedulerCommandError, SchedulerParseError, get_scheduler
 from hpc.security import Principal, SecretBox, fingerprint
+from hpc.services import metrics
 from hpc.ssh import (
     CommandResult,
     SSHAuthFailed,
@@ -209,7 +210,7 @@ class InfrastructureService:
 
     def _check_reachable(self, target: SSHTarget, scheduler: str) -> str:
         """Connects, checks the scheduler's submit command exists; returns the host key seen."""
-        connection = SSHConnection(target)
+        connection = metrics.MeteredConnection(SSHConnection(target), "(registration)")
         try:
             connection.connect()
             program = _SCHEDULER_PROBE[scheduler]
@@ -305,7 +306,7 @@ class InfrastructureService:
 
     def connection(self, row: dict[str, Any]) -> SSHConnection:
         """The pooled connection of an infrastructure (opened lazily, reused by every caller)."""
-        return self.pool.get(row["name"], self.target_of(row))
+        return metrics.metered(self.pool.get(row["name"], self.target_of(row)), row["name"])
 
     def run(self, row: dict[str, Any], command: str, *, action: str, stdin: bytes | None = None,
             timeout: float | None = None) -> CommandResult:

@@ -23,6 +23,7 @@ import posixpath
 import re
 import stat
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from hpc.schedulers import (
 )
 from hpc.schedulers import serrano
 from hpc.security import Principal
+from hpc.services import metrics
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
@@ -229,6 +231,7 @@ class JobService:
                 "id": str(uuid.uuid4()),
                 "infrastructure": infra["name"],
                 "owner": principal.name,
+                "credential": principal.credential,
                 "kind": kind,
                 "name": name[:256],
                 "spec": spec,
@@ -327,6 +330,12 @@ class JobService:
         with self._lock:
             return {name: dict(counter) for name, counter in self.counters.items()}
 
+    def workers(self) -> tuple[int, int]:
+        """The scheduler thread: (1 if alive else 0, 1 once started; 0, 0 before or without background)."""
+        if self._thread is None:
+            return 0, 0
+        return int(self._thread.is_alive()), 1
+
     # -- background ---------------------------------------------------------------------------
 
     def start(self, stop: threading.Event) -> None:
@@ -375,6 +384,7 @@ class JobService:
     # -- submission ---------------------------------------------------------------------------
 
     def _submit_guarded(self, row: dict[str, Any]) -> None:
+        started = time.monotonic()
         try:
             self._submit(row)
         except Exception:
@@ -383,6 +393,11 @@ class JobService:
         finally:
             with self._lock:
                 self._in_flight.discard(row["id"])
+            try:
+                outcome = (self.store.jobs.get(row["id"]) or {}).get("state", "failed")
+            except Exception:  # the store is down: the attempt is counted as one to retry
+                outcome = SUBMITTING
+            metrics.job_submission(row["infrastructure"], outcome, time.monotonic() - started)
 
     def _submit(self, row: dict[str, Any]) -> None:
         job_id = row["id"]
@@ -535,6 +550,7 @@ class JobService:
     # -- tracking -----------------------------------------------------------------------------
 
     def _poll_guarded(self, name: str) -> None:
+        started, sent = time.monotonic(), self.counters[name]["status"]
         try:
             if self.store.infrastructures.claim_poll(name, self.owner, POLL_LEASE):
                 self._poll(name)
@@ -543,6 +559,8 @@ class JobService:
         finally:
             with self._lock:
                 self._polling.discard(name)
+            if self.counters[name]["status"] != sent:  # a round that sent a status command
+                metrics.job_poll(name, name in self._backoff, time.monotonic() - started)
 
     def _poll(self, name: str) -> None:
         """One round for one infrastructure: cancels, then ONE status command if any job is due."""
@@ -716,9 +734,11 @@ class JobService:
         if ended:
             log.info("job %s ended: %s (exit code %s) %s", job["id"], state, changes.get("exit_code"),
                      changes.get("reason") or "")
+            metrics.job_ended(job["infrastructure"], state)
 
     def _count(self, infrastructure: str, kind: str) -> None:
         with self._lock:
             self.counters[infrastructure][kind] += 1
+        metrics.job_command(infrastructure, kind)
 
 

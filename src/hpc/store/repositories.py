@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hpc.store import tables
+from hpc.store.admin import AuditRepository, CensusRepository, GenerationRepository, TokenRepository
 from hpc.store.tables import utcnow
 
 
@@ -251,6 +252,10 @@ class Store:
         self.infrastructures = InfrastructureRepository(engine)
         self.jobs = JobRepository(engine)
         self.transfers = TransferRepository(engine)
+        self.generations = GenerationRepository(engine)
+        self.tokens = TokenRepository(engine, self.generations)
+        self.audit = AuditRepository(engine)
+        self.census = CensusRepository(engine)
 
     @property
     def dialect(self) -> str:

@@ -8,6 +8,8 @@ from hpc.api.models import Infrastructure
 
 def create_infrastructure(body):
     row = gateway().infrastructures.register(views.parse(Infrastructure, body), caller())
+    gateway().audit.record(caller(), "infrastructure.register", row["name"], {
+        "host": row["host"], "port": row["port"], "username": row["username"], "scheduler": row["scheduler"]})
     return views.reply(views.infrastructure_summary(row), 201)
 
 
@@ -21,6 +23,7 @@ def get_infrastructure(infrastructure_name):
 
 def delete_infrastructure(infrastructure_name):
     gateway().infrastructures.delete(infrastructure_name, caller())
+    gateway().audit.record(caller(), "infrastructure.delete", infrastructure_name)
     return None, 204
 
 
