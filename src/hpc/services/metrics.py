@@ -44,6 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.process_collector import ProcessCollector
 
 from hpc import __version__
+from hpc.services.health import worker_counts
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ class _ScrapeTime:
                                     "(staging_quota).", value=quota.limit)
         workers = GaugeMetricFamily("hpc_background_workers_alive", "Background threads of this process "
                                     "alive, by worker (job_scheduler, transfer).", labels=["worker"])
-        from hpc.services.health import worker_counts  # here: health imports nothing of this module
-
         expected = GaugeMetricFamily("hpc_background_workers_expected", "Background threads this process "
                                      "started, by worker (0 with background: false).", labels=["worker"])
         for name, (alive, started) in worker_counts(gateway).items():
