@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
-
 from api import hey, wrk
 from common import REPO, arguments, testbed
+
 from tests.support import new_gateway
 
 
@@ -90,8 +90,9 @@ def main() -> int:
         print(f"{name:<14} median: wrk {statistics.median(values['rps']):7.0f} req/s | hey "
               f"{statistics.median(values['rate']):5.0f} req/s p50 {statistics.median(values['p50']):6.1f} ms "
               f"p99 {statistics.median(values['p99']):6.1f} ms")
-    print(f"ratio working tree / {args.base}: throughput {statistics.median(tree['rps']) / statistics.median(base['rps']):.2f}, "
-          f"p99 {statistics.median(tree['p99']) / statistics.median(base['p99']):.2f}")
+    throughput = statistics.median(tree["rps"]) / statistics.median(base["rps"])
+    p99 = statistics.median(tree["p99"]) / statistics.median(base["p99"])
+    print(f"ratio working tree / {args.base}: throughput {throughput:.2f}, p99 {p99:.2f}")
     return 0
 
 

@@ -20,7 +20,7 @@ import re
 from typing import Any, Callable
 
 from hpc.errors import Unavailable
-from hpc.security import ANONYMOUS_ADMIN, AuthenticationFailed, Authenticate, Principal, configured_tokens
+from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed, Principal, configured_tokens
 
 _ROUTE = re.compile(
     r"^/(job|data|s3_data|s3_result)/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"

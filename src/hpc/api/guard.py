@@ -29,7 +29,7 @@ from typing import Any
 
 from hpc.api.auth import challenge
 from hpc.errors import Unavailable
-from hpc.security import AuthenticationFailed, Authenticate, configured_tokens
+from hpc.security import Authenticate, AuthenticationFailed, configured_tokens
 
 MAX_DEPTH = 32  # the contract's deepest body (params.kalman.r) nests 3 levels
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")

@@ -165,8 +165,9 @@ def test_the_census_counts_the_store(tmp_path):
         store.transfers.insert({"id": str(uuid.uuid4()), "kind": "http", "infrastructure": "tb-slurm", "owner": "u",
                                 "state": state, "reason": "", "bytes_done": 0, "attempts": 0, "rate": rate,
                                 "cancel_requested": False, "created_at": now, "updated_at": now})
+    quota = SimpleNamespace(used=5, limit=10)
     gateway = SimpleNamespace(store=store, config=SimpleNamespace(resolved_instance_id="test:1"),
-                              transfers=SimpleNamespace(quota=SimpleNamespace(used=5, limit=10), workers=lambda: (4, 4)),
+                              transfers=SimpleNamespace(quota=quota, workers=lambda: (4, 4)),
                               jobs=SimpleNamespace(workers=lambda: (1, 1)))
     metrics.bind(gateway)
     try:
