@@ -142,9 +142,10 @@ def _safe(hook: Callable) -> Callable:
 
 @_safe
 def job_submission(infrastructure: str, outcome: str, seconds: float) -> None:
-    """One submission attempt ended: ``outcome`` is the job's state after it (``queued`` counts as
-    ``submitted``, ``submitting`` as ``retry``)."""
-    outcome = {"queued": "submitted", "submitting": "retry"}.get(outcome, outcome)
+    """One submission attempt ended: ``outcome`` is the job's state after it; ``submitting`` (to be tried
+    again) counts as ``retry``, ``failed`` and ``cancelled`` as themselves, any later state as ``submitted``
+    (the tracker may have moved the job on already)."""
+    outcome = "retry" if outcome == "submitting" else outcome if outcome in ("failed", "cancelled") else "submitted"
     JOB_SUBMISSIONS.labels(infrastructure, outcome).inc()
     JOB_SUBMISSION_DURATION.labels(infrastructure).observe(seconds)
 

@@ -208,3 +208,13 @@ def test_a_hanging_store_is_judged_in_bounded_time():
     release.set()
     probe._pending.join(1)
     assert probe.check() == "ok"  # the store answers again
+
+
+@pytest.mark.parametrize("state, outcome", [("queued", "submitted"), ("running", "submitted"),
+                                            ("submitting", "retry"), ("failed", "failed"),
+                                            ("cancelled", "cancelled")])
+def test_submission_outcomes(state, outcome):
+    name = f"infra-{uuid.uuid4().hex[:6]}"
+    metrics.job_submission(name, state, 0.5)
+    assert value("hpc_job_submissions_total", infrastructure=name, outcome=outcome) == 1
+    assert value("hpc_job_submission_duration_seconds_sum", infrastructure=name) == 0.5
