@@ -107,6 +107,29 @@ class Config:
     event_queue_size: int = 1024  # events buffered per SSE subscriber before it is dropped as stalled
     event_send_timeout: float = 30.0  # seconds one SSE write may wait for a client that does not read
     event_max_subscribers: int = 2000  # SSE streams open at once in this process
+    # Prometheus metrics (hpc.services.metrics). Port 0: /metrics on the API's port, for admin tokens only;
+    # another port: served there without a token (bind it where only the scraper reaches), and the API's
+    # /metrics answers 404.
+    metrics_listen_host: str = "127.0.0.1"
+    metrics_listen_port: int = 0
+    # Seconds a process trusts its cached verdict on an API-made token before it re-reads the store's
+    # revocation generation: a token revoked on any replica is refused everywhere within this (plus one
+    # store read).
+    token_cache_seconds: float = 0.5
+    # Seconds /health/ready waits for the store before it reports it unreachable.
+    ready_timeout: float = 2.0
+    # OpenID Connect (hpc.services.oidc): bearer JWTs from this issuer, checked against its JWKS (a file
+    # or an http(s) URL), for this audience. Off while oidc_issuer is empty.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                        "ES256", "ES384", "ES512", "EdDSA")
+    oidc_principal_claim: str = "sub"  # names the caller (jobs belong to "oidc:" + its value)
+    oidc_role_claim: str = "roles"  # a string or list of strings; a dotted path reaches nested claims
+    oidc_role_map: tuple[tuple[str, str], ...] = (("admin", "admin"), ("user", "user"))  # claim value -> role
+    oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf, iat
+    oidc_jwks_refresh: float = 300.0  # seconds between re-reads of a JWKS URL
 
     @property
     def resolved_database_url(self) -> str:
@@ -177,6 +200,41 @@ def _parse_tokens(value: Any) -> tuple[TokenEntry, ...]:
     return tuple(tokens)
 
 
+def _parse_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _parse_algorithms(value: Any) -> tuple[str, ...]:
+    """JWT algorithms allowed: asymmetric ones only. ``none`` would accept unsigned tokens, and an HMAC
+    algorithm would let anyone holding the issuer's *public* key sign tokens."""
+    algorithms = _parse_list(value)
+    for name in algorithms:
+        if name.lower() == "none" or name.upper().startswith("HS"):
+            raise ConfigError(f"oidc_algorithms: {name} is not allowed (asymmetric ones only: RS*, PS*, ES*, EdDSA)")
+    if not algorithms:
+        raise ConfigError("oidc_algorithms: give at least one algorithm")
+    return algorithms
+
+
+def _parse_role_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        pairs = []
+        for item in _parse_list(value):
+            claim_value, sep, role = item.rpartition(":")
+            if not sep:
+                raise ConfigError("HPC_OIDC_ROLE_MAP entries must read claim_value:role")
+            pairs.append((claim_value, role))
+    elif isinstance(value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = [tuple(map(str, pair)) for pair in value or ()]
+    for claim_value, role in pairs:
+        if role not in ROLES:
+            raise ConfigError(f"oidc_role_map: {claim_value!r} maps to {role!r}; roles are {ROLES}")
+    return tuple(pairs)
+
+
 def _parse_networks(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value or ())
     networks = []
@@ -230,6 +288,13 @@ _CONVERTERS = {
     "event_queue_size": int,
     "event_send_timeout": float,
     "event_max_subscribers": int,
+    "metrics_listen_port": int,
+    "token_cache_seconds": float,
+    "ready_timeout": float,
+    "oidc_algorithms": _parse_algorithms,
+    "oidc_role_map": _parse_role_map,
+    "oidc_leeway": float,
+    "oidc_jwks_refresh": float,
 }
 
 
@@ -266,4 +331,7 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             values[name] = convert(value) if convert else (str(value) if value is not None else "")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"setting {name}: {exc}") from None
-    return Config(**values)
+    config = Config(**values)
+    if config.oidc_issuer and not (config.oidc_audience and config.oidc_jwks):
+        raise ConfigError("oidc_issuer is set: oidc_audience and oidc_jwks (a JWKS file or URL) are needed too")
+    return config

@@ -18,9 +18,12 @@ from hpc.api import context, problems, validation, views
 from hpc.api.fastpath import StatusFastPath
 from hpc.api.guard import RequestGuard
 from hpc.api.sse import event_stream
+from hpc.api.metrics import RequestMetrics
 from hpc.config import Config, load_config
 from hpc.errors import NotFound
+from hpc.services import metrics
 from hpc.services.gateway import Gateway
+from hpc.services.tokens import record_failure
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
     config = config or load_config()
     gateway = gateway or Gateway(config)
     context.set_gateway(gateway)
+    metrics.bind(gateway)
     if not config.auth_enabled:
         log.warning("=" * 72)
         log.warning("AUTHENTICATION IS OFF: anyone who can reach %s:%s has full admin rights.",
@@ -69,10 +73,12 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
 
 
 def served_app(app: connexion.FlaskApp):
-    """The ASGI app to serve: the request guard, then the status fast path, then Connexion."""
+    """The ASGI app to serve: request metrics, the request guard, the status fast path, then Connexion."""
     config = app.gateway.config
-    return RequestGuard(with_fast_path(app), app.spec, max_body_size=config.max_body_size,
-                        auth_enabled=config.auth_enabled, tokens=config.tokens)
+    guard = RequestGuard(with_fast_path(app), app.spec, max_body_size=config.max_body_size,
+                         auth_enabled=config.auth_enabled, authenticate=app.gateway.authenticate,
+                         on_refused=record_failure)
+    return RequestMetrics(guard, app.spec)
 
 
 def with_fast_path(app: connexion.FlaskApp):
@@ -90,5 +96,5 @@ def with_fast_path(app: connexion.FlaskApp):
 
     renderers = {"job": job}
     renderers.update(getattr(gateway.transfers, "fast_renderers", lambda: {})())
-    return event_stream(StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
-                                       renderers=renderers), gateway)
+    return event_stream(StatusFastPath(app, auth_enabled=gateway.config.auth_enabled,
+                                       authenticate=gateway.authenticate, renderers=renderers), gateway)

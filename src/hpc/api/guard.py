@@ -12,7 +12,8 @@ memory without bound. The guard answers those itself, with a problem+json docume
   mount pattern does not match such a path, and the request fell through to Flask outside any operation;
 - **405** with the ``Allow`` header the contract gives for the path;
 - **401** with ``WWW-Authenticate: Bearer`` before any of the 400s above, for an operation that needs a
-  token when the request has no valid one (as Connexion answers 401 before it validates a request).
+  token when the request has no valid one (as Connexion answers 401 before it validates a request); a
+  token sent but refused gets ``error="invalid_token"`` and the reason in ``error_description``.
 
 A body that passes is handed on whole, with its true ``Content-Length`` (a chunked body used to reach
 Connexion as "missing").
@@ -24,10 +25,11 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from hpc.security import verify_token
+from hpc.api.auth import challenge
+from hpc.errors import Unavailable
+from hpc.security import Authenticate, AuthenticationFailed, configured_tokens
 
 MAX_DEPTH = 32  # the contract's deepest body (params.kalman.r) nests 3 levels
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
@@ -109,12 +111,14 @@ def problem_message(status: int, title: str, detail: str, field: str | None = No
 class RequestGuard:
     """ASGI middleware in front of the API (see the module's docstring)."""
 
-    def __init__(self, app, spec: dict[str, Any], *, max_body_size: int, auth_enabled: bool, tokens):
+    def __init__(self, app, spec: dict[str, Any], *, max_body_size: int, auth_enabled: bool,
+                 authenticate: Authenticate | None = None, tokens=(), on_refused=None):
         self.app = app
         self.routes = routes_of(spec)
         self.max_body_size = max_body_size
         self.auth_enabled = auth_enabled
-        self._principal = lru_cache(maxsize=1024)(lambda token: verify_token(token, tokens))
+        self._authenticate = authenticate or configured_tokens(tokens)
+        self._on_refused = on_refused  # called with the AuthenticationFailed of each 401 for a bad token
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -217,10 +221,20 @@ class RequestGuard:
             return True
         authorization = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and token.strip() and self._principal(token.strip()) is not None:
+        if scheme.lower() != "bearer" or not token.strip():
+            await self._answer(send, 401, "Unauthorized", "a valid bearer token is required",
+                               headers=[(b"www-authenticate", b"Bearer")])
+            return False
+        try:
+            self._authenticate(token.strip())
             return True
-        await self._answer(send, 401, "Unauthorized", "a valid bearer token is required",
-                           headers=[(b"www-authenticate", b"Bearer")])
+        except AuthenticationFailed as exc:
+            if self._on_refused is not None:
+                self._on_refused(exc)
+            await self._answer(send, 401, "Unauthorized", exc.reason,
+                               headers=[(b"www-authenticate", challenge(exc.reason).encode())])
+        except Unavailable as exc:
+            await self._answer(send, 503, "Service Unavailable", exc.detail)
         return False
 
     async def _too_large(self, send) -> None:

@@ -36,6 +36,125 @@ class Health(BaseModel):
     database: str | None = Field(None, description='The database dialect in use.')
 
 
+class Liveness(BaseModel):
+    status: Status
+
+
+class Status2(Enum):
+    ready = 'ready'
+
+
+class Readiness(BaseModel):
+    status: Status2
+    checks: dict[str, str] = Field(
+        ...,
+        description='Each part checked (`store`, `job_scheduler`, `transfer`) and `ok`.',
+    )
+
+
+class NotReady(BaseModel):
+    type: str | None = 'about:blank'
+    title: str
+    status: int
+    detail: str | None = None
+    checks: dict[str, str] = Field(
+        ..., description='Each part checked and `ok` or what is wrong with it.'
+    )
+
+
+class Role(Enum):
+    admin = 'admin'
+    user = 'user'
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    name: str = Field(
+        ...,
+        description='The principal the token stands for; its jobs and transfers belong to this name.',
+        max_length=128,
+        min_length=1,
+        pattern='^[A-Za-z0-9][A-Za-z0-9._@-]*$',
+    )
+    role: Role
+    expires_at: AwareDatetime | None = Field(
+        None,
+        description='When the token stops working (with a time zone); never, when absent.',
+    )
+
+
+class State(Enum):
+    active = 'active'
+    expired = 'expired'
+    revoked = 'revoked'
+
+
+class Token(BaseModel):
+    id: UUID
+    name: str
+    role: Role
+    state: State
+    created_at: AwareDatetime
+    created_by: str = Field(..., description='The principal that made it.')
+    expires_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | None = None
+    revoked_by: str | None = None
+
+
+class TokenCreated(Token):
+    token: str = Field(
+        ...,
+        description='The bearer token itself. Shown in this answer only; the gateway keeps a salted hash.',
+    )
+
+
+class TokenList(BaseModel):
+    items: list[Token]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditAction(Enum):
+    infrastructure_register = 'infrastructure.register'
+    infrastructure_update = 'infrastructure.update'
+    infrastructure_delete = 'infrastructure.delete'
+    template_register = 'template.register'
+    template_version = 'template.version'
+    template_deprecate = 'template.deprecate'
+    token_create = 'token.create'
+    token_revoke = 'token.revoke'
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: AwareDatetime
+    action: AuditAction
+    principal: str = Field(
+        ..., description="Who did it (a token's name, or `oidc:<subject>`)."
+    )
+    credential: str | None = Field(
+        None,
+        description='With what (`token:<id>`, `config`, `oidc`, `none` with authentication off).',
+    )
+    target: str | None = Field(
+        None,
+        description="What it was done to (an infrastructure's name, a token's id).",
+    )
+    details: dict[str, Any] | None = Field(
+        None, description='What was asked (never a secret).'
+    )
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntry]
+    total: int
+    limit: int
+    offset: int
+
+
 class Stats(BaseModel):
     instance: str = Field(..., description="This replica's name in work leases.")
     ssh: dict[str, dict[str, Any]]

@@ -9,6 +9,7 @@ from connexion.exceptions import BadRequestProblem, ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 
 from hpc import errors
+from hpc.api import auth
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +26,23 @@ TABLE: dict[type[errors.DomainError], tuple[int, str]] = {
     errors.InsufficientStorage: (507, "Insufficient Storage"),
     errors.ClusterUnavailable: (502, "Cluster Unavailable"),
     errors.ClusterTimeout: (504, "Cluster Timeout"),
+    errors.Unavailable: (503, "Service Unavailable"),
 }
 
 _DETAIL_LIMIT = 500
-# RFC 6750: a 401 names the scheme the client must use.
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> ConnexionResponse:
+def problem(status: int, title: str, detail: str, field: str | None = None,
+            challenge: str = "Bearer", extra: dict | None = None) -> ConnexionResponse:
+    """A problem+json response; a 401 names the scheme the client must use (RFC 6750), with the reason
+    a token was refused when one was (``challenge``, made by ``hpc.api.auth.challenge``). ``extra``:
+    extension members (RFC 7807 3.2)."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if field:
         body["field"] = field
+    body.update(extra or {})
     return ConnexionResponse(status_code=status, body=json.dumps(body), content_type=PROBLEM_JSON,
-                             headers=dict(_CHALLENGE) if status == 401 else None)
+                             headers={"WWW-Authenticate": challenge} if status == 401 else None)
 
 
 def domain_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -59,7 +64,10 @@ def bad_request(_request: ConnexionRequest, exc: BadRequestProblem) -> Connexion
 
 def connexion_problem(_request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
     # e.g. 415, whose detail quotes the request's Content-Type header.
-    return problem(exc.status_code, exc.title or "Error", (exc.detail or exc.title or "")[:_DETAIL_LIMIT])
+    detail = (exc.detail or exc.title or "")[:_DETAIL_LIMIT]
+    if isinstance(exc, auth.InvalidToken):
+        return problem(401, "Unauthorized", detail, challenge=auth.challenge(exc.detail))
+    return problem(exc.status_code, exc.title or "Error", detail)
 
 
 def internal_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

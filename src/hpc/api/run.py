@@ -13,6 +13,7 @@ import uvicorn
 
 from hpc.api.app import create_app, served_app
 from hpc.config import ConfigError, load_config
+from hpc.services import metrics
 
 
 def limit_malloc_arenas(count: int = 2) -> None:
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     app.gateway.start()
+    if config.metrics_listen_port:
+        metrics.serve(config.metrics_listen_host, config.metrics_listen_port)
     try:
         uvicorn.run(served_app(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
                     access_log=False, lifespan="off",

@@ -32,7 +32,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from hpc.errors import DomainError
-from hpc.security import ANONYMOUS_ADMIN, Principal, verify_token
+from hpc.errors import Unavailable
+from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed, Principal
 from hpc.services.events import EventFilter, EventService, event_filter, sse_frame
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class EventHub:
 class EventStream:
     """ASGI middleware serving ``GET /events`` in front of ``app``."""
 
-    def __init__(self, app, *, service: EventService, hub: EventHub, auth_enabled: bool, tokens,
+    def __init__(self, app, *, service: EventService, hub: EventHub, auth_enabled: bool, authenticate: Authenticate,
                  queue_size: int, heartbeat: float, send_timeout: float, max_subscribers: int):
         self.app = app
         self.service = service
@@ -183,7 +184,9 @@ class EventStream:
         self.heartbeat = heartbeat
         self.send_timeout = send_timeout
         self.max_subscribers = max_subscribers
-        self._principal = lru_cache(maxsize=1024)(lambda token: verify_token(token, tokens))
+        # The gateway's one credential check: configured and API-made tokens (revocation seen within
+        # token_cache_seconds on every replica) and OpenID Connect.
+        self._authenticate = authenticate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/events" and scope["method"] == "GET":
@@ -205,9 +208,10 @@ class EventStream:
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return None
-            principal = self._principal(token.strip())
-            if principal is None:
-                return None
+            try:
+                principal = self._authenticate(token.strip())
+            except (AuthenticationFailed, Unavailable):
+                return None  # Connexion answers, with the reason
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         try:
             where = event_filter(principal, kind=query.get("kind"), resource_id=query.get("resource_id"),
@@ -324,6 +328,7 @@ def event_stream(app, gateway) -> EventStream:
     hub = EventHub(gateway.events, config.event_poll_interval, max(1, min(BATCH, config.event_queue_size // 2)))
     gateway.store.events.on_commit(hub.notify)
     gateway.event_hub = hub
-    return EventStream(app, service=gateway.events, hub=hub, auth_enabled=config.auth_enabled, tokens=config.tokens,
+    return EventStream(app, service=gateway.events, hub=hub, auth_enabled=config.auth_enabled,
+                       authenticate=gateway.authenticate,
                        queue_size=config.event_queue_size, heartbeat=config.event_heartbeat,
                        send_timeout=config.event_send_timeout, max_subscribers=config.event_max_subscribers)

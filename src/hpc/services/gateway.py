@@ -7,11 +7,15 @@ import threading
 
 from hpc.config import Config
 from hpc.security import SecretBox
+from hpc.services.audit import AuditLog
 from hpc.services.events import EventService
+from hpc.services.health import StoreProbe
 from hpc.services.infrastructures import InfrastructureService
-from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
 from hpc.services.jobs import JobService
+from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
+from hpc.services.oidc import OidcVerifier
 from hpc.services.templates import TemplateService
+from hpc.services.tokens import Authenticator, TokenService
 from hpc.services.transfers import TERMINAL as TERMINAL_TRANSFER_STATES
 from hpc.services.transfers import TransferService
 from hpc.services.webhooks import WebhookService
@@ -36,6 +40,11 @@ class Gateway:
         self.events = EventService(self.store)
         self.webhooks = WebhookService(config, self.store, self.secrets)
         self.event_hub = None  # the SSE fan-out, set by hpc.api.sse when the stream layer is mounted
+        self.audit = AuditLog(self.store)
+        self.tokens = TokenService(self.store, self.audit)
+        # The one check of every request's bearer credential (configured, API-made, OpenID Connect).
+        self.authenticate = Authenticator(config, self.tokens, OidcVerifier.from_config(config))
+        self.store_probe = StoreProbe(self.store, config.ready_timeout)  # /health/ready
         self._stop = threading.Event()
 
     def active_work(self, infrastructure: str) -> tuple[int, int]:

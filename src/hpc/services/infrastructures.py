@@ -23,6 +23,7 @@ from hpc.errors import (
 )
 from hpc.schedulers import SchedulerCommandError, SchedulerParseError, get_scheduler
 from hpc.security import Principal, SecretBox, fingerprint
+from hpc.services import metrics
 from hpc.ssh import (
     CommandResult,
     SSHAuthFailed,
@@ -241,7 +242,6 @@ class InfrastructureService:
             self.pool.retire(name, grace=self.config.ssh_command_timeout)
         log.info("infrastructure %s changed by %s: %s", name, principal.name, ", ".join(sorted(
             key for key in changes if key not in ("key_data_enc", "passphrase_enc"))))
-        # Audit seam: record ("infrastructure.update", name, changed field names, principal) once an audit log exists.
         return self.get(name)
 
     def _new_connection(self, row: dict[str, Any], request: Any, given: set[str],
@@ -315,7 +315,7 @@ class InfrastructureService:
 
     def _check_reachable(self, target: SSHTarget, scheduler: str, setup_lines: list[str]) -> str:
         """Connects, checks the scheduler's submit command exists; returns the host key seen."""
-        connection = SSHConnection(target)
+        connection = metrics.MeteredConnection(SSHConnection(target), "(registration)")
         try:
             connection.connect()
             program = _SCHEDULER_PROBE[scheduler]
@@ -415,7 +415,7 @@ class InfrastructureService:
 
     def connection(self, row: dict[str, Any]) -> SSHConnection:
         """The pooled connection of an infrastructure (opened lazily, reused by every caller)."""
-        return self.pool.get(row["name"], self.target_of(row))
+        return metrics.metered(self.pool.get(row["name"], self.target_of(row)), row["name"])
 
     @staticmethod
     def wire_command(row: dict[str, Any], command: str) -> str:

@@ -25,6 +25,7 @@ import posixpath
 import re
 import stat
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ from hpc.schedulers import (
 )
 from hpc.schedulers import serrano
 from hpc.security import Principal
+from hpc.services import metrics
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
@@ -233,6 +235,7 @@ class JobService:
                     "id": job_id,
                     "infrastructure": infra["name"],
                     "owner": principal.name,
+                    "credential": principal.credential,
                     "kind": kind,
                     "name": name[:256],
                     "spec": spec,
@@ -455,6 +458,12 @@ class JobService:
         with self._lock:
             return {name: dict(counter) for name, counter in self.counters.items()}
 
+    def workers(self) -> tuple[int, int]:
+        """The scheduler thread: (1 if alive else 0, 1 once started; 0, 0 before or without background)."""
+        if self._thread is None:
+            return 0, 0
+        return int(self._thread.is_alive()), 1
+
     # -- background ---------------------------------------------------------------------------
 
     def start(self, stop: threading.Event) -> None:
@@ -503,6 +512,7 @@ class JobService:
     # -- submission ---------------------------------------------------------------------------
 
     def _submit_guarded(self, row: dict[str, Any]) -> None:
+        started = time.monotonic()
         try:
             self._submit(row)
         except Exception:
@@ -511,6 +521,11 @@ class JobService:
         finally:
             with self._lock:
                 self._in_flight.discard(row["id"])
+            try:
+                outcome = (self.store.jobs.get(row["id"]) or {}).get("state", "failed")
+            except Exception:  # the store is down: the attempt is counted as one to retry
+                outcome = SUBMITTING
+            metrics.job_submission(row["infrastructure"], outcome, time.monotonic() - started)
 
     def _submit(self, row: dict[str, Any]) -> None:
         job_id = row["id"]
@@ -683,6 +698,7 @@ class JobService:
     # -- tracking -----------------------------------------------------------------------------
 
     def _poll_guarded(self, name: str) -> None:
+        started, sent = time.monotonic(), self.counters[name]["status"]
         try:
             if self.store.infrastructures.claim_poll(name, self.owner, self.config.poll_lease_seconds):
                 with self._poll_lease_renewed(name):
@@ -692,6 +708,8 @@ class JobService:
         finally:
             with self._lock:
                 self._polling.discard(name)
+            if self.counters[name]["status"] != sent:  # a round that sent a status command
+                metrics.job_poll(name, name in self._backoff, time.monotonic() - started)
 
     @contextlib.contextmanager
     def _poll_lease_renewed(self, name: str):
@@ -894,9 +912,11 @@ class JobService:
         if ended:
             log.info("job %s ended: %s (exit code %s) %s", job["id"], state, changes.get("exit_code"),
                      changes.get("reason") or "")
+            metrics.job_ended(job["infrastructure"], state)
 
     def _count(self, infrastructure: str, kind: str) -> None:
         with self._lock:
             self.counters[infrastructure][kind] += 1
+        metrics.job_command(infrastructure, kind)
 
 

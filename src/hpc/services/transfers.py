@@ -36,6 +36,7 @@ from typing import Any
 from hpc.config import Config
 from hpc.errors import ClusterUnavailable, Conflict, InvalidInput, NotFound
 from hpc.security import Principal, SecretBox
+from hpc.services import metrics
 from hpc.services.leases import dead_local_owners
 from hpc.services.infrastructures import InfrastructureService
 from hpc.ssh import (
@@ -281,6 +282,7 @@ class TransferService:
                 "kind": kind,
                 "infrastructure": infra["name"],
                 "owner": principal.name,
+                "credential": principal.credential,
                 "secrets_enc": self.secrets.encrypt(json.dumps(secrets)) if secrets else None,
                 "state": "queued",
                 "reason": "",
@@ -318,6 +320,10 @@ class TransferService:
                                       name=f"transfers-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def workers(self) -> tuple[int, int]:
+        """Worker threads alive, and started (0, 0 before start or without background work)."""
+        return sum(thread.is_alive() for thread in self._threads), len(self._threads)
 
     def join(self, timeout: float) -> None:
         self._wake.set()
@@ -373,13 +379,15 @@ class TransferService:
             control.check()
             result = pipeline.run()
             keeper.finish()
+            keeper.moved(result.size)
             elapsed = max(time.monotonic() - started, 1e-6)
             log.info("transfer %s: completed, %d bytes in %.2fs (%.1f MB/s this run), sha256 %s", transfer_id,
                      result.size, elapsed, result.size / elapsed / 1e6, result.sha256)
             began = row["started_at"] or now
             total_seconds = max((utcnow() - began).total_seconds(), 1e-6)
-            self._end(transfer_id, owner, "completed", "", sha256=result.sha256, bytes_done=result.size,
-                      bytes_total=result.size, rate=result.size / total_seconds)
+            if self._end(transfer_id, owner, "completed", "", sha256=result.sha256, bytes_done=result.size,
+                         bytes_total=result.size, rate=result.size / total_seconds):
+                metrics.transfer_ended(row["infrastructure"], row["kind"], "completed")
         except BaseException as exc:
             keeper.finish()
             if keeper.lost:
@@ -403,7 +411,8 @@ class TransferService:
             else:
                 raise
             self._cleanup(transfer_id, pipeline)
-            self._end(transfer_id, owner, outcome, reason)
+            if self._end(transfer_id, owner, outcome, reason):
+                metrics.transfer_ended(row["infrastructure"], row["kind"], outcome)
         finally:
             keeper.finish()
             with self._lock:
@@ -423,8 +432,8 @@ class TransferService:
         c = self.store.transfers.table.c
         return self.store.transfers.update(transfer_id, where=[c.lease_owner == owner], **values)
 
-    def _end(self, transfer_id: str, owner: str, state: str, reason: str, **values: Any) -> None:
-        self._update(
+    def _end(self, transfer_id: str, owner: str, state: str, reason: str, **values: Any) -> bool:
+        return self._update(
             transfer_id, owner, state=state, reason=reason, ended_at=utcnow(), secrets_enc=None, checkpoint=None,
             lease_owner=None, lease_until=None, **({"rate": None} | values),
         )
@@ -484,6 +493,8 @@ class _Keeper:
         self._meter = RateMeter()
         self._version = -1
         self._written: dict[str, Any] = {}
+        self._where = (row["infrastructure"], row["kind"])
+        self._counted = row["bytes_done"] or 0  # bytes already in hpc_transfer_bytes_total
         self.lost = False
         self._thread = threading.Thread(target=self._run, name=f"keeper-{self._id[:8]}", daemon=True)
 
@@ -511,9 +522,16 @@ class _Keeper:
             if row is not None and row["cancel_requested"]:
                 self._control.stop(Cancelled("cancelled by its owner"))
 
+    def moved(self, done: int) -> None:
+        """Counts the bytes moved since the last count (a leg restarted from an earlier offset moves some
+        again: those count again)."""
+        metrics.transfer_moved(*self._where, done - self._counted)
+        self._counted = done
+
     def flush(self) -> None:
         """Writes the current progress and checkpoint, renewing the lease (sets ``lost`` if it is gone)."""
         snap = self._progress.snapshot()
+        self.moved(snap["done"])
         self._meter.add(time.monotonic(), snap["done"])
         state = "verifying" if snap["phase"] == "verifying" else "transferring"
         values: dict[str, Any] = {

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from hpc.store import tables
 from hpc.store.events import DeliveryRepository, EventLog, SubscriptionRepository, watched_columns
+from hpc.store.admin import AuditRepository, CensusRepository, GenerationRepository, TokenRepository
 from hpc.store.tables import utcnow
 
 
@@ -334,6 +335,10 @@ class Store:
         self.subscriptions = SubscriptionRepository(engine, self.events)
         self.deliveries = DeliveryRepository(engine)
         self.templates = TemplateRepository(engine)
+        self.generations = GenerationRepository(engine)
+        self.tokens = TokenRepository(engine, self.generations)
+        self.audit = AuditRepository(engine)
+        self.census = CensusRepository(engine)
 
     @property
     def dialect(self) -> str:

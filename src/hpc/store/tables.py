@@ -67,6 +67,7 @@ jobs = sa.Table(
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("infrastructure", sa.String(128), nullable=False, index=True),
     sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("credential", sa.String(64)),  # which credential of the owner made it (Principal.credential)
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("name", sa.String(256), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),  # what to run, as requested (no secrets)
@@ -99,6 +100,7 @@ transfers = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),  # http | s3_data | s3_result
     sa.Column("infrastructure", sa.String(128), nullable=False, index=True),
     sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("credential", sa.String(64)),  # which credential of the owner made it (Principal.credential)
     sa.Column("src", sa.Text),
     sa.Column("dst", sa.Text),
     sa.Column("endpoint", sa.Text),
@@ -194,4 +196,41 @@ job_templates = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("deprecated_at", UTCDateTime),
+)
+
+# Bearer tokens made through the API (POST /token); configured tokens live in the configuration only.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, index=True),  # the principal's name (owner of its work)
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("hash", sa.String(128), nullable=False),  # hpc.security.hash_token of the secret
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(128)),
+)
+
+# Counters bumped when something every replica caches changes: a replica that sees a new value drops its
+# cache ("api_tokens": a token was revoked).
+cache_generations = sa.Table(
+    "cache_generations",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+# Admin actions (hpc.services.audit): who did what to which resource, when.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False, index=True),
+    sa.Column("principal", sa.String(128), nullable=False, index=True),
+    sa.Column("credential", sa.String(64)),
+    sa.Column("target", sa.String(255)),
+    sa.Column("details", sa.JSON),  # what was asked, without secrets
 )

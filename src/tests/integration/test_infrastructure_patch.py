@@ -162,6 +162,11 @@ def test_settings_and_other_fields(registered):
     reset = patch(registered, "tb-slurm", {"reset_settings": ["job_root", "mpi_launcher"]})
     assert reset.json()["settings"] == {"min_watch_period": 1}  # the defaults apply again
 
+    # Each change that took is in the audit log with the names of the fields given; the refusals are not.
+    audit = registered.get("/audit", params={"action": "infrastructure.update"}).json()
+    assert [(e["target"], e["details"]) for e in audit["items"]] == [
+        ("tb-slurm", {"fields": ["reset_settings"]}), ("tb-slurm", {"fields": ["hostname", "settings"]})]
+
 
 def test_a_retired_pool_connection_finishes_its_command_then_closes(testbed):
     """What PATCH does to the pool: the next caller gets a new connection, a command already running on

@@ -106,6 +106,12 @@ def test_register_read_version_and_deprecate(registered):
     problem(registered.delete("/template/serrano", token="admin"), 409, "template_name")
     assert registered.post("/template/greet/versions", update, token="admin").json()["deprecated"] is False
     assert registered.get("/job", token="admin").json()["total"] == 0
+    # Admin actions that took are audited, newest first; refused ones (403, 409) are not.
+    audit = [(e["action"], e["target"], e.get("details")) for e in registered.get("/audit").json()["items"]
+             if e["action"].startswith("template.")]
+    assert audit == [("template.version", "greet", {"version": 3}), ("template.deprecate", "greet", None),
+                     ("template.deprecate", "greet", None), ("template.version", "greet", {"version": 2}),
+                     ("template.register", "greet", {"version": 1})]
 
 
 BAD_TEMPLATES = [

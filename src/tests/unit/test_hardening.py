@@ -202,7 +202,7 @@ def test_every_contract_path_is_routed_and_only_health_is_open():
     routes = routes_of(SPEC)
     assert len(routes) == len(SPEC["paths"])
     open_ = [r.pattern.pattern for r in routes if not r.secured]
-    assert open_ == ["/health"]
+    assert open_ == ["/health", "/health/live", "/health/ready"]
 
 
 # -- registration checks -------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from hpc.api.models import Infrastructure, InfrastructurePatch
 
 def create_infrastructure(body):
     row = gateway().infrastructures.register(views.parse(Infrastructure, body), caller())
+    gateway().audit.record(caller(), "infrastructure.register", row["name"], {
+        "host": row["host"], "port": row["port"], "username": row["username"], "scheduler": row["scheduler"]})
     return views.reply(views.infrastructure_summary(row), 201)
 
 
@@ -20,12 +22,17 @@ def get_infrastructure(infrastructure_name):
 
 
 def update_infrastructure(infrastructure_name, body):
-    row = gateway().infrastructures.update(infrastructure_name, views.parse(InfrastructurePatch, body), caller())
+    patch = views.parse(InfrastructurePatch, body)
+    row = gateway().infrastructures.update(infrastructure_name, patch, caller())
+    # The names of the fields given, never their values (a key or a passphrase may be among them).
+    gateway().audit.record(caller(), "infrastructure.update", infrastructure_name,
+                           {"fields": sorted(patch.model_fields_set)})
     return views.reply(views.infrastructure_summary(row), 200)
 
 
 def delete_infrastructure(infrastructure_name):
     gateway().infrastructures.delete(infrastructure_name, caller())
+    gateway().audit.record(caller(), "infrastructure.delete", infrastructure_name)
     return None, 204
 
 

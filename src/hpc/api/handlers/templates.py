@@ -8,6 +8,7 @@ from hpc.api.models import TemplateRequest, TemplateVersionRequest
 
 def create_template(body):
     row = gateway().templates.register(views.parse(TemplateRequest, body), caller())
+    gateway().audit.record(caller(), "template.register", row["name"], {"version": row["version"]})
     return views.reply(views.template(row), 201)
 
 
@@ -22,6 +23,7 @@ def get_template(template_name):
 
 def deprecate_template(template_name):
     gateway().templates.deprecate(template_name, caller())
+    gateway().audit.record(caller(), "template.deprecate", template_name)
     return None, 204
 
 
@@ -32,6 +34,7 @@ def list_template_versions(template_name, limit=100, offset=0):
 
 def create_template_version(template_name, body):
     row = gateway().templates.add_version(template_name, views.parse(TemplateVersionRequest, body), caller())
+    gateway().audit.record(caller(), "template.version", row["name"], {"version": row["version"]})
     return views.reply(views.template(row), 201)
 
 
