@@ -39,6 +39,8 @@ from hpc.services.events import EventFilter, EventService, event_filter, sse_fra
 log = logging.getLogger(__name__)
 
 BATCH = 500  # events per store read
+_QUERY_PARAMETERS = frozenset({"kind", "resource_id", "type", "last_event_id", "follow"})
+
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no")]
 
@@ -213,14 +215,22 @@ class EventStream:
             except (AuthenticationFailed, Unavailable):
                 return None  # Connexion answers, with the reason
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if set(query) - _QUERY_PARAMETERS:
+            return None  # Connexion names the unknown parameter
         try:
             where = event_filter(principal, kind=query.get("kind"), resource_id=query.get("resource_id"),
                                  type=query.get("type"))
         except DomainError:
             return None
-        resume = query.get("last_event_id", [None])[-1] or headers.get(b"last-event-id", b"").decode("latin-1")
-        if resume and not (resume.isdigit() and len(resume) < 19):
-            return None
+        if "last_event_id" in query:
+            resume = query["last_event_id"][-1]
+        elif b"last-event-id" in headers:
+            resume = headers[b"last-event-id"].decode("latin-1")
+        else:
+            resume = ""
+        if ("last_event_id" in query or b"last-event-id" in headers) and not (
+                resume.isascii() and resume.isdigit() and len(resume) < 19):
+            return None  # present but empty or not a number: Connexion answers 400 naming it
         follow = query.get("follow", ["true"])[-1].lower()
         if follow not in ("true", "false", "1", "0"):
             return None
