@@ -141,7 +141,8 @@ def test_job_name_is_sanitized(sched, name, expected):
 
 def test_submit_command_keeps_id_in_submit_out(sched):
     command, stdin = sched.submit_command(spec(), "/home/u/jobs/j1/job.sh")
-    assert command.startswith("cd /home/u/jobs/j1 && (")
+    assert command.startswith("cd /home/u/jobs/j1 && printf '%s\\n' ")
+    assert " > submit.cmd && (" in command
     assert "> submit.out; rc=$?; cat submit.out; exit $rc)" in command
     assert bash_syntax_ok(command) is True
     if SCRIPT_ON_STDIN[sched.name]:
@@ -156,13 +157,14 @@ def test_status_command_is_one_command_for_many_ids(sched):
     expected = {
         "slurm": [
             "squeue",
+            "-r",
             "-h",
             "-t",
             "all",
             "-j",
             "1,2,3",
             "-O",
-            "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
+            "JobArrayID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
         ],
         "pbs": ["qstat", "-f", "1", "2", "3"],
     }
