@@ -23,7 +23,7 @@ from hpc.states import JOB_ENDED_STATES as JOB_ENDED
 
 # Slurm's largest MaxArraySize is 4000001 (indexes 0..4000000); the other schedulers allow at least that.
 MAX_INDEX = 4_000_000
-_SPEC = re.compile(r"^(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?(?:%(\d{1,7}))?$")
+_SPEC = re.compile(r"(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?(?:%(\d{1,7}))?", re.ASCII)
 
 CONDITIONS = ("ok", "notok", "any")
 
@@ -81,7 +81,7 @@ def parse_array(text: str, max_tasks: int) -> ArraySpec:
     """``"0-99:2%10"`` -> :class:`ArraySpec`; raises :class:`ArraySpecError` saying what is wrong."""
     if not isinstance(text, str):
         raise ArraySpecError("array must be a string such as 0-99 or 0-99:2%10")
-    match = _SPEC.match(text.strip())
+    match = _SPEC.fullmatch(text)
     if not match:
         raise ArraySpecError("array must read START-END[:STEP][%CAP] or N[%CAP], for example 0-99:2%10")
     start, end, step, cap = match.groups()

@@ -149,12 +149,13 @@ class PbsScheduler(Scheduler):
         _check_ids([d.scheduler_id for d in dependencies])
         parts = []
         for condition, deps in group_by_condition(dependencies).items():
-            # Torque names array predecessors with the ...array types; PBS Pro takes "ID[]" as it is.
-            for array in (False, True):
-                ids = [d.scheduler_id for d in deps if ("[" in d.scheduler_id) == array]
+            # Torque names array predecessors ("10[].srv") with the ...array types; PBS Pro takes them as
+            # they are. The wrapper's array ids are plain numbers: Slurm's afterok on one covers every task.
+            split = self.flavour == "torque"
+            for array in (False, True) if split else (None,):
+                ids = [d.scheduler_id for d in deps if array is None or ("[" in d.scheduler_id) == array]
                 if ids:
-                    suffix = "array" if array and self.flavour == "torque" else ""
-                    parts.append(":".join([DEPENDENCY_TYPES[condition] + suffix, *ids]))
+                    parts.append(":".join([DEPENDENCY_TYPES[condition] + ("array" if array else ""), *ids]))
         return f"-W depend={','.join(parts)}"
 
     def array_task_lines(self, spec: JobSpec) -> list[str]:
