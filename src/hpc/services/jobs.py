@@ -807,7 +807,9 @@ class JobService:
         reads = [t["task_index"] for t in tasks
                  if job_arrays.needs_files(t, observed[t["task_index"]], scheduler.reports_array_tasks)]
         if native is not None and scheduler.never_satisfied(native) and not job["cancel_requested"]:
-            self._cancel_for(job["id"], self._never_satisfied(job, native))
+            reason = self._never_satisfied(job, native)
+            if reason:
+                self._cancel_for(job["id"], reason)
         return ArrayPlan(job, native, tasks, observed, reads[: job_arrays.MAX_TASK_READS])
 
     def _apply_array(self, plan: "ArrayPlan", infra: dict[str, Any], files: dict[int, job_arrays.TaskFiles]) -> None:
@@ -853,15 +855,21 @@ class JobService:
             update["reason"] = job["cancel_reason"]
         self.store.jobs.update(job["id"], state=state.value, **update)
 
-    def _never_satisfied(self, job: dict[str, Any], native) -> str:
-        """Why a job the scheduler keeps waiting on an impossible dependency is cancelled: the
-        predecessor whose end rules it out by the gateway's own rule, else every native one."""
+    def _never_satisfied(self, job: dict[str, Any], native) -> str | None:
+        """Why a job the scheduler keeps waiting on an impossible dependency is to be cancelled: the
+        predecessor whose end rules it out by the gateway's own rule; else, once every predecessor has
+        ended in the gateway too, all of them. None while the gateway has yet to see a predecessor end
+        (its own check names it then)."""
         deps = self.store.dependencies.for_jobs([job["id"]])[job["id"]] if (job["spec"] or {}).get("after") else []
+        states = {}
         for dep in deps:
             target = self.store.jobs.get(dep["target_id"])
+            states[dep["target_id"]] = target["state"] if target else None
             if target is None or condition_outcome(dep["condition"], target["state"]) is False:
                 self.store.dependencies.update(job["id"], dep["position"], state="unsatisfiable")
-                return job_dependencies.unsatisfiable_reason({**dep, "target_state": target and target["state"]})
+                return job_dependencies.unsatisfiable_reason({**dep, "target_state": states[dep["target_id"]]})
+        if any(state not in ENDED for state in states.values()):
+            return None
         names = ", ".join(f"job {d['target_id']} (after {d['condition']})" for d in deps if d["mode"] == "native")
         return (f"the scheduler reports that its dependencies can never be satisfied ({native.reason})"
                 + (f": {names}" if names else ""))
@@ -880,8 +888,10 @@ class JobService:
 
     def _observe(self, job: dict[str, Any], native, scheduler=None) -> None:
         if scheduler is not None and scheduler.never_satisfied(native) and not job["cancel_requested"]:
-            self._cancel_for(job["id"], self._never_satisfied(job, native))
-            job = self.store.jobs.get(job["id"])
+            reason = self._never_satisfied(job, native)
+            if reason:
+                self._cancel_for(job["id"], reason)
+                job = self.store.jobs.get(job["id"])
         current = JobState(job["state"]) if job["state"] != SUBMITTING else JobState.QUEUED
         new = advance(current, native.state)
         if native.state is JobState.UNKNOWN:
