@@ -33,6 +33,7 @@ from hpc.client.records import (
     InfrastructureTelemetry,
     JobOutput,
     JobStatus,
+    JobTask,
     Event,
     Page,
     Subscription,
@@ -57,6 +58,14 @@ _EVENT_WAIT_POLL = 30.0
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The fields that were given (None means "not given": the gateway applies its default)."""
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def dependency(item: str | Mapping[str, str]) -> dict[str, str]:
+    """One ``after`` entry from ``"ID"``, ``"ID:COND"`` or a mapping (``{"job": ID, "condition": COND}``)."""
+    if isinstance(item, Mapping):
+        return _clean({"job": item.get("job"), "condition": item.get("condition")})
+    job, _, condition = str(item).partition(":")
+    return _clean({"job": job, "condition": condition or None})
 
 
 def job_done(job: Mapping[str, Any]) -> bool:
@@ -208,13 +217,19 @@ class Client:
                    params: Mapping[str, Any] | None = None, script: str | None = None,
                    command: Sequence[str] | None = None, resources: Mapping[str, Any] | None = None,
                    name: str | None = None, workdir: str | None = None, env: Mapping[str, str] | None = None,
-                   watch_period: float | None = None, **extra: Any) -> JobStatus:
-        """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
+                   watch_period: float | None = None, array: str | None = None,
+                   after: Sequence[str | Mapping[str, str]] | None = None, **extra: Any) -> JobStatus:
+        """POST /job: answers at once (state ``submitting``, or ``held`` with ``after``); the scheduler
+        gets the job in the background.
 
         Give exactly one of ``services`` (SERRANO services, with ``params`` holding at least
         ``read_input_data``), ``script`` (a bash script) or ``command`` (argv, each element one word).
         ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
         (``[D-]HH:MM:SS``), ``partition``, ``account``.
+
+        ``array``: run it as tasks, ``"0-99%10"`` (``START-END[:STEP][%CAP]``); each task sees its index
+        in ``HPC_ARRAY_TASK_ID``. ``after``: jobs to wait for, each ``"ID"`` (condition ``ok``),
+        ``"ID:notok"``, ``"ID:any"`` or ``{"job": ID, "condition": ...}``.
         """
         body = _clean({
             "infrastructure": infrastructure,
@@ -225,7 +240,8 @@ class Client:
             "resources": dict(resources) if resources is not None else None,
             "name": name, "workdir": workdir,
             "env": dict(env) if env is not None else None,
-            "watch_period": watch_period, **extra,
+            "watch_period": watch_period, "array": array,
+            "after": [dependency(item) for item in after] if after is not None else None, **extra,
         })
         return self.request("POST", "/job", json=body)
 
@@ -244,13 +260,30 @@ class Client:
         return self.request("DELETE", f"/job/{_segment(job_id)}")
 
     def job_output(self, job_id: str, stream: str = "stdout", offset: int = 0,
-                   length: int | None = None) -> JobOutput:
-        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr."""
-        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length)
+                   length: int | None = None, task: int | None = None) -> JobOutput:
+        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr (of
+        one array task with ``task``)."""
+        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length, task=task)
+
+    def list_job_tasks(self, job_id: str, *, state: str | None = None, limit: int | None = None,
+                       offset: int | None = None) -> Page:
+        """GET /job/{id}/tasks: a page of an array job's tasks (index, state, exit code, times)."""
+        return self._get(f"/job/{_segment(job_id)}/tasks", state=state, limit=limit, offset=offset)
+
+    def job_tasks(self, job_id: str, *, state: str | None = None, page_size: int = 1000) -> Iterator[JobTask]:
+        """Every task of an array job, lowest index first, read a page at a time."""
+        offset = 0
+        while True:
+            page = self.list_job_tasks(job_id, state=state, limit=page_size, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
 
     def follow_job_output(self, job_id: str, stream: str = "stdout", offset: int = 0, poll: float = 1.0,
-                          timeout: float | None = None) -> Iterator[str]:
-        """Yields the job's output as it grows, until the job has ended and everything was read.
+                          timeout: float | None = None, task: int | None = None) -> Iterator[str]:
+        """Yields the job's output (one array task's with ``task``) as it grows, until the job (the task)
+        has ended and everything was read.
 
         Raises:
             WaitTimeout: ``timeout`` seconds passed first.
@@ -258,7 +291,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         ended_before = False
         while True:
-            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024)
+            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024, task=task)
             if chunk.get("data"):
                 yield chunk["data"]
             offset = chunk.get("next_offset", offset + len(chunk.get("data", "").encode()))
