@@ -587,6 +587,7 @@ class JobService:
                 adopted = self._adopt(infra, scheduler, job_dir)
                 if adopted:
                     log.info("job %s: adopted scheduler id %s from an interrupted submission", job_id, adopted)
+                    self._record_native(job_id, scheduler, native)
                     self._submitted(row, adopted)
                     return
             self.store.jobs.update(job_id, job_dir=job_dir)
@@ -619,9 +620,13 @@ class JobService:
             log.info("job %s: the scheduler refused it: %s", job_id, exc.message)
             self._end(row, "failed", reason=f"the scheduler refused the job: {exc.message}")
             return
+        self._record_native(job_id, scheduler, native)
+        self._submitted(row, scheduler_id)
+
+    def _record_native(self, job_id: str, scheduler, native: list[tuple[dict[str, Any], NativeDependency]]) -> None:
+        """Shows on each native dependency what the scheduler was given for it."""
         for dep, rendered in native:
             self.store.dependencies.update(job_id, dep["position"], native=scheduler.dependency_option([rendered]))
-        self._submitted(row, scheduler_id)
 
     def _submitted(self, row: dict[str, Any], scheduler_id: str) -> None:
         now = utcnow()

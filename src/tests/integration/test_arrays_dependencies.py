@@ -20,6 +20,10 @@ def when(text: str | None) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def stats(gateway, infra: str) -> dict:
+    return gateway.get("/stats", token="admin").json()["jobs"].get(infra, {})
+
+
 def create(gateway, infrastructure: str, token: str = "user", **fields) -> dict:
     """POST /job, whatever state the job starts in (held when it has dependencies)."""
     response = gateway.post("/job", {"infrastructure": infrastructure, "watch_period": 1, **fields}, token=token)
@@ -54,9 +58,16 @@ def events(gateway, job_id: str, kind: str) -> list[str]:
 @pytest.mark.parametrize("infra", SCHEDULERS)
 def test_twenty_task_array_reports_each_task(registered, infra):
     script = 'echo "task $HPC_ARRAY_TASK_ID of $HPC_ARRAY_TASK_COUNT"\n[ "$HPC_ARRAY_TASK_ID" = 13 ] && { echo boom >&2; exit 5; }\nexit 0\n'
+    before, started = stats(registered, infra), time.monotonic()
     job = submit(registered, infra, name="twenty", script=script, array="0-19%4")
     assert job["array"] == {"spec": "0-19%4", "size": 20, "counts": {"queued": 20}}
     ended = wait_job(registered, job["id"], timeout=300)
+    elapsed, after = time.monotonic() - started, stats(registered, infra)
+    # watch_period 1 s: about one status command per second for all twenty tasks, and at most one more
+    # command per poll for their files.
+    polls = after.get("status", 0) - before.get("status", 0)
+    assert 1 <= polls <= elapsed + 5
+    assert after.get("exit_codes", 0) - before.get("exit_codes", 0) <= polls
     assert (ended["state"], ended["exit_code"]) == ("failed", 5)
     assert ended["array"]["counts"] == {"completed": 19, "failed": 1}
     assert ended["reason"].startswith("1 of 20 tasks did not complete (1 failed); first: task 13 failed")
