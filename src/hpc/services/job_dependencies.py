@@ -60,8 +60,12 @@ def decide(job_state: str, deps: Sequence[Mapping[str, Any]]) -> Decision:
     decision = Decision()
     waiting = []
     for dep in deps:
+        if dep.get("state") == "satisfied":
+            continue  # decided already
         state = dep.get("target_state")
         outcome = condition_outcome(dep["condition"], state) if state is not None else False
+        if dep.get("state") == "unsatisfiable":
+            outcome = False
         if outcome is True:
             decision.satisfied.append(dep["position"])
         elif outcome is False:

@@ -492,19 +492,21 @@ class JobService:
         for dep in pending:
             by_job[dep["job_id"]].append(dep)
         for job_id, deps in by_job.items():
+            # The job's own change comes first, the dependency's record after it: a gateway stopped in
+            # between finds the dependency still undecided and decides it again, to the same end.
             decision = job_dependencies.decide(deps[0]["job_state"], deps)
-            for position in decision.satisfied:
-                self.store.dependencies.update(job_id, position, state="satisfied")
             if decision.unsatisfiable is not None:
                 dep = decision.unsatisfiable
-                self.store.dependencies.update(job_id, dep["position"], state="unsatisfiable")
                 self._cancel_for(job_id, job_dependencies.unsatisfiable_reason(dep))
+                self.store.dependencies.update(job_id, dep["position"], state="unsatisfiable")
             elif decision.release:
                 if self.store.jobs.update(job_id, [self.store.jobs.table.c.state == HELD], state=SUBMITTING,
                                           reason=None, next_poll_at=None):
                     log.info("job %s released: its dependencies allow it to be submitted", job_id)
                     self._wake.set()
-            elif decision.reason is not None:
+            for position in decision.satisfied:
+                self.store.dependencies.update(job_id, position, state="satisfied")
+            if decision.unsatisfiable is None and not decision.release and decision.reason is not None:
                 self.store.jobs.update(job_id, [self.store.jobs.table.c.state == HELD,
                                                 self.store.jobs.table.c.reason.is_distinct_from(decision.reason)],
                                        reason=decision.reason)

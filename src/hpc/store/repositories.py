@@ -306,9 +306,10 @@ class JobDependencyRepository:
             found[row.job_id].append(_row(row))
         return found
 
-    def pending(self, terminal: Iterable[str]) -> list[dict[str, Any]]:
-        """Undecided dependencies of jobs that have not ended, with the state of the job (``job_*``) and
-        of its target (``target_*``; None when the target does not exist)."""
+    def pending(self, terminal: Iterable[str], held: str = "held") -> list[dict[str, Any]]:
+        """Undecided dependencies of jobs that have not ended, and every dependency of a ``held`` job
+        (one whose dependencies were all decided, by a gateway stopped before it released the job), with
+        the state of the job (``job_*``) and of its target (``target_*``; None when it does not exist)."""
         d, j = self.table.c, tables.jobs.c
         target = tables.jobs.alias("target")
         t = target.c
@@ -319,7 +320,7 @@ class JobDependencyRepository:
                       t.spec.label("target_spec"))
             .join(tables.jobs, j.id == d.job_id)
             .join(target, t.id == d.target_id, isouter=True)
-            .where(d.state == "pending", d.kind == "job", j.state.not_in(list(terminal)))
+            .where(sa.or_(d.state == "pending", j.state == held), d.kind == "job", j.state.not_in(list(terminal)))
             .order_by(d.job_id, d.position)
         )
         with self.engine.connect() as conn:

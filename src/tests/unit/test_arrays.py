@@ -340,3 +340,13 @@ def test_summary_of_an_ended_array():
 
 def test_task_read_bound():
     assert job_arrays.MAX_TASK_READS * 40 < 4 * 1024 * 1024  # one poll's output stays far under the SSH cap
+
+
+def test_decided_dependencies_of_a_held_job_release_it_again():
+    # A gateway stopped after recording the decisions but before releasing the job: the next look does.
+    decision = job_dependencies.decide("held", [{**dep(0, target_state="completed"), "state": "satisfied"},
+                                                {**dep(1, "any", target_state="failed"), "state": "satisfied"}])
+    assert (decision.release, decision.satisfied, decision.unsatisfiable) == (True, [], None)
+    recorded = job_dependencies.decide("held", [{**dep(0, "notok", target_state="completed"),
+                                                 "state": "unsatisfiable"}])
+    assert recorded.unsatisfiable["position"] == 0
