@@ -291,7 +291,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         ended_before = False
         while True:
-            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024, task=task)
+            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024,
+                                    **({"task": task} if task is not None else {}))
             if chunk.get("data"):
                 yield chunk["data"]
             offset = chunk.get("next_offset", offset + len(chunk.get("data", "").encode()))

@@ -527,10 +527,12 @@ class JobService:
             self.store.jobs.update(job_id, cancel_requested=True, cancel_reason=reason, reason=reason)
             self._wake.set()
 
-    def _native_dependencies(self, row: dict[str, Any]) -> list[tuple[dict[str, Any], NativeDependency]] | None:
+    def _native_dependencies(self, row: dict[str, Any], decide: bool = True
+                             ) -> list[tuple[dict[str, Any], NativeDependency]] | None:
         """The dependencies to hand to the scheduler, with their rows; None if the job must not be
         submitted (a predecessor ended the wrong way: the job was cancelled). A native predecessor that
-        ended already is decided here instead (a scheduler may treat an id it forgot as satisfied)."""
+        ended already is decided here instead (a scheduler may treat an id it forgot as satisfied);
+        without ``decide``, only what an earlier submission was given is listed."""
         if not (row["spec"] or {}).get("after"):
             return []
         native = []
@@ -539,12 +541,16 @@ class JobService:
                 continue
             target = self.store.jobs.get(dep["target_id"])
             outcome = condition_outcome(dep["condition"], target["state"]) if target else False
+            if not decide:
+                outcome = None if target and target["scheduler_id"] else "skip"
+            if outcome == "skip":
+                continue
             if outcome is True:
                 self.store.dependencies.update(row["id"], dep["position"], state="satisfied")
             elif outcome is False:
-                self.store.dependencies.update(row["id"], dep["position"], state="unsatisfiable")
                 self._end(row, "cancelled", reason=job_dependencies.unsatisfiable_reason(
                     {**dep, "target_state": target["state"] if target else None}))
+                self.store.dependencies.update(row["id"], dep["position"], state="unsatisfiable")
                 return None
             else:
                 native.append((dep, NativeDependency(dep["condition"], target["scheduler_id"],
@@ -576,22 +582,23 @@ class JobService:
         scheduler = get_scheduler(infra["scheduler"], infra["settings"])
         attempts = row["submit_attempts"] + 1
         self.store.jobs.update(job_id, submit_attempts=attempts)
-        native = self._native_dependencies(row)
-        if native is None:
-            return
         if (row["spec"] or {}).get("array"):
             self.store.tasks.insert_missing(job_id, self._array(row).indexes())  # after a crash in create()
         try:
+            if row["job_dir"]:
+                # An earlier attempt may have submitted it (before its dependencies are decided again).
+                adopted = self._adopt(infra, scheduler, row["job_dir"])
+                if adopted:
+                    log.info("job %s: adopted scheduler id %s from an interrupted submission", job_id, adopted)
+                    self._record_native(job_id, scheduler, self._native_dependencies(row, decide=False))
+                    self._submitted(row, adopted)
+                    return
+            native = self._native_dependencies(row)
+            if native is None:
+                return
             home = self._home(infra)
             job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
             spec = self._job_spec(row, infra, home, job_dir, tuple(dep for _, dep in native))
-            if row["job_dir"]:
-                adopted = self._adopt(infra, scheduler, job_dir)
-                if adopted:
-                    log.info("job %s: adopted scheduler id %s from an interrupted submission", job_id, adopted)
-                    self._record_native(job_id, scheduler, native)
-                    self._submitted(row, adopted)
-                    return
             self.store.jobs.update(job_id, job_dir=job_dir)
             script_path = f"{job_dir}/job.sh"
             payload = self._payload(row, infra, home).encode()
