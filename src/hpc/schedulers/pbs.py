@@ -225,10 +225,14 @@ class PbsScheduler(Scheduler):
         for printed, attrs in parse_jobs(stdout).items():
             subjob = SUBJOB.fullmatch(printed)
             if subjob:
-                # A subjob "10[3].srv" (Torque/PBS Pro when tasks are listed) belongs to the array "10[].srv".
+                # A subjob "10[3].srv" (Torque/PBS Pro) is reported under its own id when that was asked
+                # for (a task polled by its PBS_JOBID), and as a task of the array "10[].srv" if that was.
                 array_id = requested_id(f"{subjob.group(1)}[]{subjob.group(3) or ''}", ids)
-                status = self._status(printed, attrs) if array_id else None
-                if status is not None:
+                own_id = printed if printed in ids else None
+                status = self._status(own_id or printed, attrs) if array_id or own_id else None
+                if status is not None and own_id:
+                    found[own_id] = status
+                if status is not None and array_id:
                     tasks.setdefault(array_id, {})[int(subjob.group(2))] = status
                 continue
             job_id = requested_id(printed, ids)

@@ -1051,3 +1051,9 @@ def test_dependency_submission_was_accepted(sched_name, option):
     assert sched.parse_submit(*result).isdigit()
     if option:
         assert option in fx["command"]
+
+
+def test_pbs_subjob_polled_by_its_own_id():
+    stdout = "Job Id: 10[3].srv\n    job_state = R\n"
+    found = PbsScheduler("pbspro").parse_status(0, stdout, "", ["10[3].srv"])
+    assert {job: s.state for job, s in found.items()} == {"10[3].srv": R}
