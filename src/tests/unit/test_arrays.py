@@ -350,3 +350,52 @@ def test_decided_dependencies_of_a_held_job_release_it_again():
     recorded = job_dependencies.decide("held", [{**dep(0, "notok", target_state="completed"),
                                                  "state": "unsatisfiable"}])
     assert recorded.unsatisfiable["position"] == 0
+
+
+# -- the tables behind them (a real SQLite store) ----------------------------------------------------------
+
+
+def job_row(job_id: str, state: str, **extra) -> dict:
+    from hpc.store.tables import utcnow
+
+    now = utcnow()
+    row = {"id": job_id, "infrastructure": "a", "owner": "me", "kind": "script", "name": job_id, "spec": {},
+           "scheduler_id": "", "state": state, "watch_period": 1.0, "cancel_requested": False, "created_at": now,
+           "updated_at": now, "poll_failures": 0, "missing_polls": 0, "submit_attempts": 0}
+    row.update(extra)
+    return row
+
+
+def test_task_and_dependency_tables(tmp_path):
+    from hpc.store import open_store
+    from hpc.store.tables import utcnow
+
+    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    assert store.tasks.insert_missing("j1", range(5)) == 5
+    assert store.tasks.insert_missing("j1", range(7)) == 2  # after a crash: only what is missing
+    ended = ("completed", "failed", "cancelled", "timeout", "unknown")
+    store.tasks.update_many("j1", {0: {"state": "completed", "exit_code": 0}, 3: {"state": "failed", "exit_code": 2}},
+                            ended)
+    assert store.tasks.update_many("j1", {0: {"state": "running"}}, ended) == 0  # an ended task stays ended
+    assert store.tasks.counts("j1") == {"completed": 1, "failed": 1, "queued": 5}
+    assert [t["task_index"] for t in store.tasks.unfinished("j1", ended)] == [1, 2, 4, 5, 6]
+    rows, total = store.tasks.page("j1", state=None, limit=2, offset=3)
+    assert ([r["task_index"] for r in rows], total) == ([3, 4], 7)
+    assert store.tasks.end_unfinished("j1", ended, state="cancelled") == 5
+    assert store.tasks.counts("j1") == {"cancelled": 5, "completed": 1, "failed": 1}
+
+    now = utcnow()
+    store.jobs.insert(job_row("pred", "completed", scheduler_id="12"))
+    store.jobs.insert(job_row("held-1", "held", spec={"after": [{"job": "pred", "condition": "ok"}]}))
+    store.jobs.insert(job_row("done", "completed"))
+    dep = {"kind": "job", "condition": "ok", "mode": "gateway", "native": None, "updated_at": now}
+    store.dependencies.insert_many([{**dep, "job_id": "held-1", "position": 0, "target_id": "pred", "state": "satisfied"},
+                                    {**dep, "job_id": "done", "position": 0, "target_id": "pred", "state": "pending"},
+                                    {**dep, "job_id": "held-1", "position": 1, "target_id": "gone", "state": "satisfied"}])
+    pending = store.dependencies.pending(ended)
+    # A held job is looked at although every dependency is decided; an ended job's never is.
+    assert [(d["job_id"], d["position"], d["target_state"]) for d in pending] == [
+        ("held-1", 0, "completed"), ("held-1", 1, None)]
+    assert job_dependencies.decide("held", pending).release is True
+    assert store.dependencies.update("held-1", 1, state="unsatisfiable") is True
+    assert [d["state"] for d in store.dependencies.for_jobs(["held-1"])["held-1"]] == ["satisfied", "unsatisfiable"]
