@@ -528,6 +528,17 @@ def _walltime(_ctx, _param, value: str | None) -> str | None:
     return value
 
 
+_CONDITIONS = ("ok", "notok", "any")
+
+
+def _after(_ctx, _param, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        job, _, condition = value.partition(":")
+        if not job or (condition and condition not in _CONDITIONS):
+            raise click.BadParameter(f"{value!r} does not read ID[:ok|notok|any]")
+    return values
+
+
 @job.command("submit", context_settings={"allow_interspersed_args": False})
 @click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
               help="Infrastructure to run on [env: HPC_INFRASTRUCTURE].")
@@ -549,6 +560,10 @@ def _walltime(_ctx, _param, value: str | None) -> str | None:
 @click.option("--account")
 @click.option("--workdir", help="Working directory on the cluster (relative to home unless absolute).")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable (repeatable).")
+@click.option("--array", metavar="START-END[:STEP][%CAP]",
+              help="Run it as an array of tasks, e.g. 0-99%10; each task sees HPC_ARRAY_TASK_ID.")
+@click.option("--after", "after", multiple=True, metavar="ID[:ok|notok|any]", callback=_after,
+              help="Start only after that job ended so (default ok: it completed); repeatable, all must hold.")
 @click.option("--watch-period", type=float, help="Seconds between the gateway's status checks.")
 @click.option("--dry-run", is_flag=True,
               help="Show what would be sent (batch script, payload, submit command, resources); submit nothing.")
@@ -559,8 +574,8 @@ def _walltime(_ctx, _param, value: str | None) -> str | None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @client_options
 def job_submit(infrastructure, script, services, template, template_version, params, params_file, name, nodes,
-               tasks, cpus_per_task, memory_mb, walltime, partition, account, workdir, env, watch_period, dry_run,
-               reservation, wait, timeout, poll, command) -> int:
+               tasks, cpus_per_task, memory_mb, walltime, partition, account, workdir, env, array, after,
+               watch_period, dry_run, reservation, wait, timeout, poll, command) -> int:
     """Submit a job: --script FILE, --services NAMES, --template NAME, or a command after '--'.
 
     \b
@@ -570,6 +585,8 @@ def job_submit(infrastructure, script, services, template, template_version, par
       hpc-gateway job submit -i tb-slurm --services fft \\
           --param read_input_data=/Init_Data/raw_data_input_fft/input.csv --wait
       hpc-gateway job submit -i tb-slurm --template solver --param input=in.dat --dry-run
+      hpc-gateway job submit -i tb-sge --array 0-99%10 -- bash -c 'echo task $HPC_ARRAY_TASK_ID'
+      hpc-gateway job submit -i tb-pbs --after "$first":ok --wait -- echo second
     """
     service_names = [s.strip() for item in services for s in item.split(",") if s.strip()]
     given = [label for label, present in (("--script", script), ("--services", service_names),
@@ -607,6 +624,7 @@ def job_submit(infrastructure, script, services, template, template_version, par
         script=script.read() if script else None, command=list(command) or None,
         resources=resources or None, name=name, workdir=workdir, env=environment, watch_period=watch_period,
         reservation=reservation,
+        array=array, after=list(after) or None,
     )
     if dry_run:
         emit(_settings().client.dry_run_job(infrastructure, **request), _show_dry_run)
@@ -639,8 +657,8 @@ def _show_dry_run(shown: Mapping[str, Any]) -> None:
 
 @job.command("list")
 @click.option("-i", "--infra", "infrastructure", help="Only jobs on this infrastructure.")
-@click.option("--state", type=click.Choice(["submitting", "queued", "running", "completed", "failed", "cancelled",
-                                            "timeout", "unknown"]))
+@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "completed", "failed",
+                                            "cancelled", "timeout", "unknown"]))
 @click.option("--since", metavar="ISO-TIME", help="Only jobs created at or after, e.g. 2026-01-01T00:00:00Z.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
@@ -687,16 +705,44 @@ def job_cancel(job_ids: tuple[str, ...], wait: bool, timeout: float | None) -> i
     return EXIT_OK
 
 
+TASK_COLUMNS = [
+    ("INDEX", "index"), ("STATE", "state"), ("EXIT", "exit_code"), ("SCHEDULER ID", "scheduler_id"),
+    ("STARTED", lambda r: _short_time(r.get("started_at"))), ("ENDED", lambda r: _short_time(r.get("ended_at"))),
+    ("REASON", "reason"),
+]
+
+
+@job.command("tasks")
+@click.argument("job_id", metavar="ID")
+@click.option("--state", type=click.Choice(["queued", "running", "completed", "failed", "cancelled", "timeout",
+                                            "unknown"]), help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def job_tasks(job_id: str, state: str | None, limit: int, offset: int) -> int:
+    """List an array job's tasks: index, state, exit code, times."""
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], TASK_COLUMNS, "no task")
+        if page["total"] > offset + len(page["items"]):
+            click.echo(f"({len(page['items'])} of {page['total']}; --offset {offset + len(page['items'])} for more)")
+
+    emit(_settings().client.list_job_tasks(job_id, state=state, limit=limit, offset=offset), human)
+    return EXIT_OK
+
+
 @job.command("logs")
 @click.argument("job_id", metavar="ID")
 @click.option("--stream", type=click.Choice(["stdout", "stderr"]), default="stdout", show_default=True)
 @click.option("--stderr", "use_stderr", is_flag=True, help="Same as --stream stderr.")
+@click.option("--task", type=click.IntRange(0), help="An array job's task: its payload's output.")
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing as the output grows until the job ends; exit 1 unless it succeeded.")
 @click.option("--offset", type=click.IntRange(0), default=0, help="Start at this byte.")
 @click.option("--poll", type=float, default=0.5, show_default=True)
 @client_options
-def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: int, poll: float) -> int:
+def job_logs(job_id: str, stream: str, use_stderr: bool, task: int | None, follow: bool, offset: int,
+             poll: float) -> int:
     """Print a job's stdout (or stderr), all of it or following it."""
     client = _settings().client
     stream = "stderr" if use_stderr else stream
@@ -704,7 +750,7 @@ def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: i
     if not follow:
         chunks, position = [], offset
         while True:
-            chunk = client.job_output(job_id, stream, position, length=4 * 1024 * 1024)
+            chunk = client.job_output(job_id, stream, position, length=4 * 1024 * 1024, task=task)
             chunks.append(chunk)
             position = chunk.get("next_offset", position)
             if chunk.get("eof") or not chunk.get("data"):
@@ -715,7 +761,7 @@ def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: i
             for chunk in chunks:
                 click.echo(chunk.get("data", ""), nl=False)
         return EXIT_OK
-    for data in client.follow_job_output(job_id, stream, offset, poll=poll):
+    for data in client.follow_job_output(job_id, stream, offset, poll=poll, task=task):
         if as_json:
             click.echo(json.dumps({"stream": stream, "data": data}))
         else:

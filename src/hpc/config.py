@@ -61,6 +61,7 @@ class Config:
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 60.0
     min_watch_period: float = 2.0
+    max_array_tasks: int = 10000  # tasks one array job may have (POST /job answers 400 above it)
     background: bool = True  # run pollers and transfer workers in this process
     instance_id: str = ""  # names this replica in work leases; default host:pid
     # Work leases between replicas sharing one database (docs/operations.md, "Several replicas"): the
@@ -262,6 +263,7 @@ _CONVERTERS = {
     "ssh_connect_timeout": float,
     "ssh_command_timeout": float,
     "min_watch_period": float,
+    "max_array_tasks": int,
     "source_allow_networks": _parse_networks,
     "cluster_allow_networks": _parse_networks,
     "max_body_size": parse_size,

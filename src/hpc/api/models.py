@@ -226,6 +226,17 @@ class CommandSetupLine(RootModel[str]):
     root: str = Field(..., max_length=1024)
 
 
+class PbsFlavour(Enum):
+    """
+    PBS only: how arrays are asked for: `torque` (`qsub -t`, `PBS_ARRAYID`; also Slurm's Torque
+    wrappers) or `pbspro` (`qsub -J`, `PBS_ARRAY_INDEX`).
+
+    """
+
+    torque = 'torque'
+    pbspro = 'pbspro'
+
+
 class ResetSetting(Enum):
     job_root = 'job_root'
     allowed_roots = 'allowed_roots'
@@ -234,6 +245,7 @@ class ResetSetting(Enum):
     mpi_launcher = 'mpi_launcher'
     serrano_resources = 'serrano_resources'
     min_watch_period = 'min_watch_period'
+    pbs_flavour = 'pbs_flavour'
 
 
 class Partition(BaseModel):
@@ -342,77 +354,6 @@ class JobResources(BaseModel):
 
 class CommandItem(RootModel[str]):
     root: str = Field(..., max_length=65536)
-
-
-class JobRequest(BaseModel):
-    services: list[ServiceName] | None = Field(
-        None,
-        description="SERRANO services (the seed's form). Exactly one of `services`, `script`, `command`.",
-        max_length=8,
-    )
-    infrastructure: str = Field(..., max_length=128, min_length=1)
-    params: JobRequestParams | None = None
-    watch_period: float | None = Field(
-        10.0,
-        description="Seconds between status checks (bounded below by the infrastructure's minimum).",
-        ge=0.0,
-        le=86400.0,
-    )
-    name: str | None = Field(
-        None,
-        description="(extension) Job name; sanitised for the scheduler's directive.",
-        max_length=256,
-    )
-    script: str | None = Field(
-        None,
-        description="(extension) A bash script run as the job's payload.",
-        max_length=1048576,
-        min_length=1,
-    )
-    command: list[CommandItem] | None = Field(
-        None,
-        description='(extension) A command as argv, each element passed as one word.',
-        max_length=4096,
-        min_length=1,
-    )
-    resources: JobResources | None = None
-    workdir: str | None = Field(
-        None,
-        description='(extension) Working directory on the cluster (relative to home unless absolute).',
-        max_length=4096,
-    )
-    env: dict[str, str] | None = Field(
-        None, description='(extension) Environment variables exported for the payload.'
-    )
-    callback_url: str | None = Field(
-        None,
-        description='(extension) A webhook URL that gets every event of this resource (an implicit subscription:\nits id and signing secret come back once, in `callback` of the 201 answer).\n',
-        max_length=2048,
-        min_length=1,
-    )
-    template: str | None = Field(
-        None,
-        description="(extension) A registered job template to run, with `parameters`. Exactly one of `services`,\n`script`, `command`, `template`. The template's default resources apply unless `resources`\ngives them.\n",
-        max_length=128,
-        min_length=1,
-        pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$',
-    )
-    template_version: int | None = Field(
-        None,
-        description='(extension) The template version to run; default its newest.',
-        ge=1,
-        le=2147483647,
-    )
-    parameters: dict[str, Any] | None = Field(
-        None,
-        description="(extension) The template's parameters, checked against its JSON Schema (a 400 names\n`parameters.<name>`); defaults from the schema fill what is not given.\n",
-    )
-    reservation: str | None = Field(
-        None,
-        description='(extension) A `reservation` from `POST /job/dry_run`: the job gets the id the dry run\nreserved, so its script is the one the dry run showed. Good for one job.\n',
-        max_length=1024,
-        min_length=1,
-    )
 
 
 class Kind(Enum):
@@ -551,6 +492,59 @@ class TemplateVersionList(BaseModel):
     offset: int
 
 
+class DependencyCondition(Enum):
+    """
+    `ok`: the predecessor completed (exit code 0; an array: every task completed). `notok`: it ended
+    any other way (failed, cancelled, timeout, unknown; an array: at least one task did not
+    complete). `any`: it ended.
+
+    """
+
+    ok = 'ok'
+    notok = 'notok'
+    any = 'any'
+
+
+class Mode(Enum):
+    """
+    Who enforces it: the scheduler (`native`) or the gateway, by holding the job.
+    """
+
+    native = 'native'
+    gateway = 'gateway'
+
+
+class State1(Enum):
+    pending = 'pending'
+    satisfied = 'satisfied'
+    unsatisfiable = 'unsatisfiable'
+
+
+class JobDependency(BaseModel):
+    job: UUID
+    condition: DependencyCondition
+    mode: Mode = Field(
+        ...,
+        description='Who enforces it: the scheduler (`native`) or the gateway, by holding the job.',
+    )
+    state: State1
+    native: str | None = Field(
+        None,
+        description='What the scheduler was given for it (e.g. `afterok:1234`, `-hold_jid 1234`).',
+    )
+
+
+class JobArray(BaseModel):
+    spec: str = Field(
+        ..., description='The array as submitted (normalized), for example `0-99%10`.'
+    )
+    size: int = Field(..., description='Number of tasks.')
+    counts: dict[str, int] = Field(
+        ...,
+        description='Tasks per state (`queued`, `running`, `completed`, `failed`, ...); absent states are 0.',
+    )
+
+
 class JobStatusCode(Enum):
     queued = 'queued'
     running = 'running'
@@ -558,6 +552,17 @@ class JobStatusCode(Enum):
 
 
 class JobState(Enum):
+    """
+    `held`: the gateway holds the job before submitting it (its `after` dependencies; `reason` says
+    what it waits for). An array job's state follows from its tasks' (see `array`): while some
+    task has not ended, `running` once any task started, else `queued`; once all ended,
+    `completed` if every task completed, else `cancelled` if it was cancelled through the gateway,
+    else `failed` if any task failed, else `timeout` if any timed out, else `cancelled` if any was
+    cancelled, else `unknown`.
+
+    """
+
+    held = 'held'
     submitting = 'submitting'
     queued = 'queued'
     running = 'running'
@@ -663,14 +668,20 @@ class EventType(Enum):
     """
     `job.state` (a job's state changed, or it was created: data has state, old_state, status,
     reason, exit_code, native_state, scheduler_id), `job.output` (output can be read: when the job
-    starts running, and finally when it ended; data has state, streams, final), `transfer.state`
+    starts running, and finally when it ended; data has state, streams, final), `job.tasks` (an
+    array's tasks changed state: data has state and counts per task state), `job.held` (the gateway
+    holds the job for its dependencies: state, reason), `job.released` (it let it go to the
+    scheduler: state, reason), `transfer.state`
     (data has state, old_state, reason, bytes_done, bytes_total, sha256), `transfer.progress` (at most
     one per transfer per second while bytes move: state, bytes_done, bytes_total, rate).
 
     """
 
+    job_held = 'job.held'
     job_output = 'job.output'
+    job_released = 'job.released'
     job_state = 'job.state'
+    job_tasks = 'job.tasks'
     transfer_progress = 'transfer.progress'
     transfer_state = 'transfer.state'
 
@@ -823,6 +834,10 @@ class InfrastructureSettings(BaseModel):
         ge=0.5,
         le=3600.0,
     )
+    pbs_flavour: PbsFlavour | None = Field(
+        'torque',
+        description="PBS only: how arrays are asked for: `torque` (`qsub -t`, `PBS_ARRAYID`; also Slurm's Torque\nwrappers) or `pbspro` (`qsub -J`, `PBS_ARRAY_INDEX`).\n",
+    )
 
 
 class Infrastructure(BaseModel):
@@ -892,6 +907,33 @@ class InfrastructurePatch(BaseModel):
     )
 
 
+class JobDependencyRequest(BaseModel):
+    job: UUID = Field(
+        ..., description="A job of the same caller (an admin may name anyone's)."
+    )
+    condition: DependencyCondition | None = 'ok'
+
+
+class JobTask(BaseModel):
+    index: int
+    state: JobState
+    native_state: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    scheduler_id: str | None = Field(
+        None, description="The task's own scheduler id, where known."
+    )
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+
+
+class JobTaskList(BaseModel):
+    items: list[JobTask]
+    total: int
+    limit: int
+    offset: int
+
+
 class JobStatus(BaseModel):
     id: UUID
     scheduler_id: str = Field(
@@ -929,6 +971,14 @@ class JobStatus(BaseModel):
     ended_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
     callback: CallbackSubscription | None = None
+    array: JobArray | None = Field(
+        None,
+        description="(extension) An array job's tasks; `exit_code` is then 0 when every task completed, else the code of the lowest-index task that did not.",
+    )
+    after: list[JobDependency] | None = Field(
+        None,
+        description='(extension) What the job waits for, in request order (empty for none).',
+    )
 
 
 class JobList(BaseModel):
@@ -1018,3 +1068,85 @@ class TransferList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class JobRequest(BaseModel):
+    services: list[ServiceName] | None = Field(
+        None,
+        description="SERRANO services (the seed's form). Exactly one of `services`, `script`, `command`.",
+        max_length=8,
+    )
+    infrastructure: str = Field(..., max_length=128, min_length=1)
+    params: JobRequestParams | None = None
+    watch_period: float | None = Field(
+        10.0,
+        description="Seconds between status checks (bounded below by the infrastructure's minimum).",
+        ge=0.0,
+        le=86400.0,
+    )
+    name: str | None = Field(
+        None,
+        description="(extension) Job name; sanitised for the scheduler's directive.",
+        max_length=256,
+    )
+    script: str | None = Field(
+        None,
+        description="(extension) A bash script run as the job's payload.",
+        max_length=1048576,
+        min_length=1,
+    )
+    command: list[CommandItem] | None = Field(
+        None,
+        description='(extension) A command as argv, each element passed as one word.',
+        max_length=4096,
+        min_length=1,
+    )
+    resources: JobResources | None = None
+    workdir: str | None = Field(
+        None,
+        description='(extension) Working directory on the cluster (relative to home unless absolute).',
+        max_length=4096,
+    )
+    env: dict[str, str] | None = Field(
+        None, description='(extension) Environment variables exported for the payload.'
+    )
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this resource (an implicit subscription:\nits id and signing secret come back once, in `callback` of the 201 answer).\n',
+        max_length=2048,
+        min_length=1,
+    )
+    template: str | None = Field(
+        None,
+        description="(extension) A registered job template to run, with `parameters`. Exactly one of `services`,\n`script`, `command`, `template`. The template's default resources apply unless `resources`\ngives them.\n",
+        max_length=128,
+        min_length=1,
+        pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$',
+    )
+    template_version: int | None = Field(
+        None,
+        description='(extension) The template version to run; default its newest.',
+        ge=1,
+        le=2147483647,
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="(extension) The template's parameters, checked against its JSON Schema (a 400 names\n`parameters.<name>`); defaults from the schema fill what is not given.\n",
+    )
+    reservation: str | None = Field(
+        None,
+        description='(extension) A `reservation` from `POST /job/dry_run`: the job gets the id the dry run\nreserved, so its script is the one the dry run showed. Good for one job.\n',
+        max_length=1024,
+        min_length=1,
+    )
+    array: str | None = Field(
+        None,
+        description="(extension) Run the job as an array of tasks: `START-END[:STEP][%CAP]` or `N[%CAP]`, for\nexample `0-99%10` (indexes 0..99, at most 10 running at once) or `0-99:2`. Each task runs the\nsame payload with `HPC_ARRAY_TASK_ID` set to its index (and `HPC_ARRAY_TASK_COUNT`, `_MIN`,\n`_MAX`, `_STEP`). Indexes run from 0 to 4000000; at most the gateway's `max_array_tasks`\n(default 10000) tasks. Rendered natively (Slurm `--array`, PBS `-t`/`-J`, Grid Engine\n`-t`/`-tc`). A list form (`1,3,5`) is not accepted: not every scheduler takes one.\n",
+        max_length=32,
+        min_length=1,
+    )
+    after: list[JobDependencyRequest] | None = Field(
+        None,
+        description='(extension) Jobs this one waits for, each with a condition; all must hold. On the same\ninfrastructure the scheduler enforces them where it can (Slurm and PBS: all conditions;\nGrid Engine: `any` only); otherwise the gateway holds the job (`state` `held`, `status`\n`queued`) and submits it once they hold. A dependency that can no longer hold ends the job\nas `cancelled`, its `reason` naming the predecessor.\n',
+        max_length=64,
+    )

@@ -105,6 +105,40 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
             started_at=row["started_at"],
             ended_at=row["ended_at"],
             updated_at=row["updated_at"],
+            **job_extensions(row),
+        )
+    )
+
+
+def job_extensions(row: dict[str, Any]) -> dict[str, Any]:
+    """An array job's ``array`` and a dependant's ``after`` (absent for other jobs: fields stay unset)."""
+    from hpc.schedulers.arrays import parse_array
+
+    spec = row["spec"] or {}
+    fields: dict[str, Any] = {}
+    if spec.get("array"):
+        size = parse_array(spec["array"], 4_000_001).count
+        fields["array"] = models.JobArray(spec=spec["array"], size=size, counts=row.get("task_counts") or {})
+    if spec.get("after"):
+        fields["after"] = [
+            models.JobDependency(job=dep["target_id"], condition=dep["condition"], mode=dep["mode"],
+                                 state=dep["state"], native=dep["native"])
+            for dep in row.get("after") or []
+        ]
+    return fields
+
+
+def job_task(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(
+        models.JobTask(
+            index=row["task_index"],
+            state=row["state"],
+            native_state=row["native_state"],
+            reason=row["reason"],
+            exit_code=row["exit_code"],
+            scheduler_id=row["scheduler_id"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
         )
     )
 

@@ -34,6 +34,7 @@ from hpc.client.records import (
     JobDryRun,
     JobOutput,
     JobStatus,
+    JobTask,
     Event,
     Page,
     Subscription,
@@ -59,6 +60,14 @@ _EVENT_WAIT_POLL = 30.0
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The fields that were given (None means "not given": the gateway applies its default)."""
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def dependency(item: str | Mapping[str, str]) -> dict[str, str]:
+    """One ``after`` entry from ``"ID"``, ``"ID:COND"`` or a mapping (``{"job": ID, "condition": COND}``)."""
+    if isinstance(item, Mapping):
+        return _clean({"job": item.get("job"), "condition": item.get("condition")})
+    job, _, condition = str(item).partition(":")
+    return _clean({"job": job, "condition": condition or None})
 
 
 def job_done(job: Mapping[str, Any]) -> bool:
@@ -231,7 +240,9 @@ class Client:
                    parameters: Mapping[str, Any] | None = None, template_version: int | None = None,
                    resources: Mapping[str, Any] | None = None, name: str | None = None,
                    workdir: str | None = None, env: Mapping[str, str] | None = None,
-                   watch_period: float | None = None, reservation: str | None = None, **extra: Any) -> JobStatus:
+                   watch_period: float | None = None, reservation: str | None = None,
+                   array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
+                   **extra: Any) -> JobStatus:
         """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
 
         Give exactly one of ``services`` (SERRANO services, with ``params`` holding at least
@@ -240,6 +251,10 @@ class Client:
         the newest). ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
         (``[D-]HH:MM:SS``), ``partition``, ``account``. ``reservation`` (from :meth:`dry_run_job`): the
         job takes the id the dry run reserved, so it runs the script the dry run showed.
+
+        ``array``: run it as tasks, ``"0-99%10"`` (``START-END[:STEP][%CAP]``); each task sees its index
+        in ``HPC_ARRAY_TASK_ID``. ``after``: jobs to wait for, each ``"ID"`` (condition ``ok``),
+        ``"ID:notok"``, ``"ID:any"`` or ``{"job": ID, "condition": ...}``; the job is ``held`` meanwhile.
         """
         return self.request("POST", "/job", json=_job_body(**locals()))
 
@@ -250,6 +265,7 @@ class Client:
                     resources: Mapping[str, Any] | None = None, name: str | None = None,
                     workdir: str | None = None, env: Mapping[str, str] | None = None,
                     watch_period: float | None = None, reservation: str | None = None,
+                    array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
                     **extra: Any) -> JobDryRun:
         """POST /job/dry_run: what :meth:`submit_job` with the same arguments would send, without
         submitting (the batch script, the payload, the submit command, the resolved resources). Pass its
@@ -271,13 +287,30 @@ class Client:
         return self.request("DELETE", f"/job/{_segment(job_id)}")
 
     def job_output(self, job_id: str, stream: str = "stdout", offset: int = 0,
-                   length: int | None = None) -> JobOutput:
-        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr."""
-        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length)
+                   length: int | None = None, task: int | None = None) -> JobOutput:
+        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr (of
+        one array task with ``task``)."""
+        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length, task=task)
+
+    def list_job_tasks(self, job_id: str, *, state: str | None = None, limit: int | None = None,
+                       offset: int | None = None) -> Page:
+        """GET /job/{id}/tasks: a page of an array job's tasks (index, state, exit code, times)."""
+        return self._get(f"/job/{_segment(job_id)}/tasks", state=state, limit=limit, offset=offset)
+
+    def job_tasks(self, job_id: str, *, state: str | None = None, page_size: int = 1000) -> Iterator[JobTask]:
+        """Every task of an array job, lowest index first, read a page at a time."""
+        offset = 0
+        while True:
+            page = self.list_job_tasks(job_id, state=state, limit=page_size, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
 
     def follow_job_output(self, job_id: str, stream: str = "stdout", offset: int = 0, poll: float = 1.0,
-                          timeout: float | None = None) -> Iterator[str]:
-        """Yields the job's output as it grows, until the job has ended and everything was read.
+                          timeout: float | None = None, task: int | None = None) -> Iterator[str]:
+        """Yields the job's output (one array task's with ``task``) as it grows, until the job (the task)
+        has ended and everything was read.
 
         Raises:
             WaitTimeout: ``timeout`` seconds passed first.
@@ -285,7 +318,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         ended_before = False
         while True:
-            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024)
+            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024,
+                                    **({"task": task} if task is not None else {}))
             if chunk.get("data"):
                 yield chunk["data"]
             offset = chunk.get("next_offset", offset + len(chunk.get("data", "").encode()))
@@ -566,6 +600,8 @@ def _job_body(**fields: Any) -> dict[str, Any]:
     for key in ("params", "parameters", "resources", "env"):
         if fields.get(key) is not None:
             fields[key] = dict(fields[key])
+    if fields.get("after") is not None:
+        fields["after"] = [dependency(item) for item in fields["after"]]
     return _clean(fields)
 
 

@@ -74,6 +74,11 @@ def job_line(job: Mapping[str, Any]) -> str:
         text += f" ({job['native_state']})"
     if job.get("scheduler_id"):
         text += f", scheduler id {job['scheduler_id']}"
+    if job.get("array"):
+        counts = job["array"].get("counts") or {}
+        text += f", tasks {' '.join(f'{n} {s}' for s, n in sorted(counts.items()) if n)} of {job['array'].get('size')}"
+    if job.get("state") == "held" and job.get("reason"):
+        text += f": {job['reason']}"
     if job_done(job):
         if job.get("exit_code") is not None:
             text += f", exit code {job['exit_code']}"

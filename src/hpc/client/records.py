@@ -11,7 +11,9 @@ from typing import Any, Literal, TypedDict
 from hpc.states import JOB_ENDED_STATES
 
 JobStatusCode = Literal["queued", "running", "completed"]
-JobState = Literal["submitting", "queued", "running", "completed", "failed", "cancelled", "timeout", "unknown"]
+JobState = Literal["held", "submitting", "queued", "running", "completed", "failed", "cancelled", "timeout",
+                   "unknown"]
+DependencyCondition = Literal["ok", "notok", "any"]
 TransferKind = Literal["http", "s3_data", "s3_result"]
 TransferStatusCode = Literal["transferring", "completed", "failure"]
 TransferState = Literal["queued", "transferring", "verifying", "completed", "failed", "cancelled"]
@@ -60,6 +62,35 @@ class InfrastructureTelemetry(TypedDict, total=False):
     collected_at: str
 
 
+class JobArray(TypedDict, total=False):
+    """An array job's tasks: ``spec`` as submitted, ``size`` tasks, ``counts`` per state."""
+
+    spec: str
+    size: int
+    counts: dict[str, int]
+
+
+class JobDependency(TypedDict, total=False):
+    """One ``after`` entry: enforced by the scheduler (``native``) or by the gateway holding the job."""
+
+    job: str
+    condition: DependencyCondition
+    mode: Literal["native", "gateway"]
+    state: Literal["pending", "satisfied", "unsatisfiable"]
+    native: str | None
+
+
+class JobTask(TypedDict, total=False):
+    index: int
+    state: JobState
+    native_state: str | None
+    reason: str | None
+    exit_code: int | None
+    scheduler_id: str | None
+    started_at: str | None
+    ended_at: str | None
+
+
 class JobStatus(TypedDict, total=False):
     id: str
     scheduler_id: str
@@ -81,6 +112,8 @@ class JobStatus(TypedDict, total=False):
     started_at: str | None
     ended_at: str | None
     updated_at: str
+    array: JobArray
+    after: list[JobDependency]
 
 
 class JobDryRun(TypedDict, total=False):

@@ -1,5 +1,6 @@
 """Scheduler adapters: pure builders of commands and batch scripts, and parsers of their output."""
 
+from hpc.schedulers.arrays import ArraySpec, ArraySpecError, NativeDependency, parse_array
 from hpc.schedulers.base import (
     CANCEL_REQUESTED,
     ENDED_STATES,
@@ -24,15 +25,22 @@ from hpc.schedulers.slurm import SlurmScheduler
 ADAPTERS: dict[str, type[Scheduler]] = {"slurm": SlurmScheduler, "pbs": PbsScheduler, "sge": SgeScheduler}
 
 
-def get_scheduler(name: str) -> Scheduler:
-    """Return the adapter called ``name``: ``"slurm"``, ``"pbs"`` or ``"sge"``."""
+def get_scheduler(name: str, settings: dict | None = None) -> Scheduler:
+    """Return the adapter called ``name``: ``"slurm"``, ``"pbs"`` or ``"sge"``, configured by the
+    infrastructure's ``settings`` where it has options (PBS: ``pbs_flavour``)."""
     if name not in ADAPTERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(ADAPTERS)}")
+    if name == "pbs":
+        return PbsScheduler((settings or {}).get("pbs_flavour") or "torque")
     return ADAPTERS[name]()
 
 
 __all__ = [
     "ADAPTERS",
+    "ArraySpec",
+    "ArraySpecError",
+    "NativeDependency",
+    "parse_array",
     "CANCEL_REQUESTED",
     "ENDED_STATES",
     "ORDER",

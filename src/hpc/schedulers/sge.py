@@ -7,6 +7,16 @@ record has the outcome. One ``awk`` pass finds every such job's record (``qacct 
 file once per job). Records are written ``accounting_flush_time`` (default 15 s) after a job ends, and a
 job deleted while pending gets none: until then, or without one, the job is reported absent and the
 caller falls back to the job files, as for the other schedulers.
+
+Arrays: Grid Engine numbers tasks from 1 (``-t 0-3`` is refused: "0 is an invalid task id"), so the
+gateway's index ``i`` is Grid Engine's task ``i + 1`` both ways (rendered ``-t``, ``SGE_TASK_ID`` in the
+job, task numbers in ``qstat`` and the accounting file). ``-tc`` caps the tasks running at once.
+``qstat -xml`` lists a running task per row and the pending ones as one row (``<tasks>5,6</tasks>`` or
+``2-9:1``); ended tasks are looked up in the accounting file when the caller asks (``arrays``).
+
+Dependencies: ``-hold_jid`` waits until the predecessors ended, however they ended (there is no
+afterok/afternotok; a predecessor ending with exit code 100 keeps the dependant waiting, sge_types(1)):
+the adapter enforces only ``any`` natively; the gateway holds ``ok``/``notok`` itself.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
+from hpc.schedulers.arrays import expand_ranges
 from hpc.schedulers.base import (
     RC_MARK,
     JobSpec,
@@ -26,6 +37,7 @@ from hpc.schedulers.base import (
     Scheduler,
     SchedulerCommandError,
     SchedulerParseError,
+    array_status,
     check_directive_value,
     final_state_from_exit_code,
     message_of,
@@ -91,8 +103,11 @@ FAILED_TEXT: dict[int, str] = {
 # accounting(5) fields, ":"-separated (a job name cannot hold ":", the category might): indices from the
 # left up to the category, and how many fields follow it.
 F_JOB, F_START, F_END, F_FAILED, F_EXIT, F_WALLCLOCK, F_CATEGORY, F_AFTER_CATEGORY = 5, 9, 10, 11, 12, 13, 39, 5
+F_TASK = 35  # 0 for a plain job, the task number (from 1) for an array task
 
 JOB_ID = re.compile(r"[0-9]+")
+# qsub -terse prints "80" for a job and "80.1-6:1" for an array (testbed).
+SUBMITTED = re.compile(r"([0-9]+)(\.[0-9]+-[0-9]+:[0-9]+)?")
 # qsub expands $HOME, $JOB_ID ... in -o/-e/-wd paths and reads "host:path": only plain paths are passed.
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*")
@@ -133,14 +148,15 @@ def _leading_int(text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def parse_accounting(lines: Sequence[str], wanted: set[str]) -> dict[str, list[str]]:
-    """The last accounting(5) record of each wanted job number (a number reused after a reset, or an
-    array's tasks, has several)."""
-    records: dict[str, list[str]] = {}
+def parse_accounting(lines: Sequence[str], wanted: set[str]) -> dict[str, dict[int, list[str]]]:
+    """The last accounting(5) record of each wanted job number, per task number (0 for a plain job; a
+    number reused after a reset has several records)."""
+    records: dict[str, dict[int, list[str]]] = {}
     for line in lines:
         fields = line.rstrip("\n").split(":")
         if len(fields) > F_CATEGORY + F_AFTER_CATEGORY and fields[F_JOB] in wanted:
-            records[fields[F_JOB]] = fields
+            task = _leading_int(fields[F_TASK]) or 0
+            records.setdefault(fields[F_JOB], {})[task] = fields
     return records
 
 
@@ -148,6 +164,7 @@ class SgeScheduler(Scheduler):
     """Grid Engine through qsub/qstat/qdel and the accounting file; the script is piped to qsub on stdin."""
 
     name = "sge"
+    native_conditions = frozenset({"any"})
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -172,7 +189,26 @@ class SgeScheduler(Scheduler):
             opts.append(f"-q {_plain('partition', res.partition, PLAIN_VALUE)}")
         if res.account:
             opts.append(f"-A {_plain('account', res.account, PLAIN_VALUE)}")
+        if spec.array is not None:
+            array = spec.array
+            first, last = array.start + 1, array.last + 1  # Grid Engine tasks count from 1
+            opts.append(f"-t {first}-{last}:{array.step}")
+            if array.cap:
+                opts.append(f"-tc {array.cap}")
+        if spec.dependencies:
+            opts.append(self.dependency_option(spec.dependencies))
         return [f"#$ {opt}" for opt in opts]
+
+    def dependency_option(self, dependencies) -> str:
+        """``-hold_jid 1,2``: waits until every listed job ended, however (only ``any``)."""
+        self.check_dependencies(dependencies)
+        return f"-hold_jid {','.join(_check_ids(list(dict.fromkeys(d.scheduler_id for d in dependencies))))}"
+
+    def array_task_lines(self, spec: JobSpec) -> list[str]:
+        # SGE_TASK_ID is "undefined" outside an array: the id then stays empty and the task stops.
+        return ['case "$SGE_TASK_ID" in ""|*[!0-9]*) HPC_ARRAY_TASK_ID= ;; '
+                '*) HPC_ARRAY_TASK_ID=$((SGE_TASK_ID - 1)) ;; esac',
+                'hpc_task_job_id="$JOB_ID.$SGE_TASK_ID"']
 
     def submit_command(self, spec: JobSpec, script_path: str) -> tuple[str, bytes | None]:
         # script_path is unused: qsub reads the script (and its #$ lines) from stdin.
@@ -180,19 +216,22 @@ class SgeScheduler(Scheduler):
 
     def parse_submit(self, exit_code: int, stdout: str, stderr: str) -> str:
         lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
-        if exit_code == 0 and lines and JOB_ID.fullmatch(lines[-1]):
-            return lines[-1]
+        submitted = SUBMITTED.fullmatch(lines[-1]) if exit_code == 0 and lines else None
+        if submitted:
+            return submitted.group(1)
         # Testbed: "Unable to run job: Job was rejected because job requests unknown queue ..." + "Exiting."
         message = "\n".join(line for line in message_of(stdout, stderr).splitlines() if line.strip() != "Exiting.")
         raise SchedulerCommandError(message or message_of(stdout, stderr))
 
-    def status_command(self, ids: Sequence[str]) -> str:
-        # qstat lists the user's pending and running jobs; the ids it does not list are looked up in the
-        # accounting file, in one pass, among the user's records.
+    def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
+        # qstat lists the user's pending and running jobs; the ids it does not list, and the ``arrays``
+        # (some of whose tasks ended), are looked up in the accounting file, in one pass, among the
+        # user's records.
         words = " ".join(quote(i) for i in _check_ids(ids))
+        always = " ".join(_check_ids(list(arrays))) if arrays else ""
         return (
             f'q=$(qstat -xml); rc=$?; printf \'%s\\n\' "$q"; echo "{RC_MARK}$rc"; [ $rc -eq 0 ] || exit 0; '
-            f'gone=" "; for j in {words}; do case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
+            f'gone=" {always + " " if always else ""}"; for j in {words}; do case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
             f'*) gone="$gone$j " ;; esac; done; '
             f'[ "$gone" = " " ] || {{ awk -F: -v ids="$gone" -v me="$(id -un)" '
             f'\'$4 == me && index(ids, " " $6 " ")\' {ACCOUNTING}; echo "{RC_MARK}$?"; }}'
@@ -204,14 +243,33 @@ class SgeScheduler(Scheduler):
         if not marks or _leading_int(lines[marks[0]][len(RC_MARK) :]) != 0:
             raise SchedulerParseError(message_of("\n".join(lines[: marks[0]] if marks else lines), stderr))
         wanted, found = set(ids), {}
+        tasks: dict[str, dict[int, NativeStatus]] = {}
         for job in _xml("\n".join(lines[: marks[0]]), "qstat -xml").iter("job_list"):
             job_id, native = job.findtext("JB_job_number", ""), job.findtext("state", "")
-            if job_id in wanted and not (job_id in found and found[job_id].state is JobState.RUNNING):
+            if job_id not in wanted:
+                continue
+            listed = job.findtext("tasks")
+            if listed:
+                # An array: one row per running task, one row for the pending ones ("5,6" or "2-9:1").
+                status = self._queue_status(job_id, native, job.findtext("JAT_start_time"))
+                try:
+                    for number in expand_ranges(listed):
+                        tasks.setdefault(job_id, {})[number - 1] = status
+                except ValueError:
+                    log.warning("qstat: job %s has an unreadable task list %r", job_id, listed[:100])
+            elif not (job_id in found and found[job_id].state is JobState.RUNNING):
                 found[job_id] = self._queue_status(job_id, native, job.findtext("JAT_start_time"))
         # No accounting section (nothing left qstat), or awk failed (no accounting file yet): absent.
         if len(marks) > 1 and _leading_int(lines[marks[1]][len(RC_MARK) :]) == 0:
             records = parse_accounting(lines[marks[0] + 1 : marks[1]], wanted - set(found))
-            found.update((job_id, self._accounting_status(job_id, fields)) for job_id, fields in records.items())
+            for job_id, by_task in records.items():
+                if 0 in by_task and job_id not in tasks:
+                    found[job_id] = self._accounting_status(job_id, by_task[0])
+                for number, fields in by_task.items():
+                    if number > 0 and number - 1 not in tasks.get(job_id, {}):
+                        tasks.setdefault(job_id, {})[number - 1] = self._accounting_status(job_id, fields)
+        for job_id, listed in tasks.items():
+            found[job_id] = array_status(job_id, dict(sorted(listed.items())))
         return found
 
     @staticmethod

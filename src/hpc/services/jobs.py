@@ -2,7 +2,13 @@
 
 Life of a job::
 
-    submitting -> queued -> running -> completed | failed | cancelled | timeout | unknown
+    [held ->] submitting -> queued -> running -> completed | failed | cancelled | timeout | unknown
+
+A job with dependencies (``after``) starts ``held``: the gateway checks its conditions every tick
+(:mod:`hpc.services.job_dependencies`) and releases it to ``submitting`` once they allow, or ends it
+``cancelled`` when one never can. ``held`` is the generic phase before submission: anything else a job
+must wait for before it goes to the scheduler is one more kind of condition there. Its ``status`` is
+``queued``, as for every state before ``running``.
 
 A POST stores the job as ``submitting`` and answers at once. A background worker claims it (a lease in
 the store, so replicas never submit one job twice), writes its files into a job directory on the
@@ -10,7 +16,7 @@ cluster, and submits it; the submit command leaves the scheduler's id in ``<job_
 gateway that died mid-submission adopts that id instead of submitting again.
 
 One poller per infrastructure (one replica holds its lease) sends ONE status command per period for all
-the infrastructure's active jobs. Jobs that left the queue get their outcome from the ``exit_code`` file
+the infrastructure's active jobs, array tasks included (:mod:`hpc.services.job_arrays`). Jobs that left the queue get their outcome from the ``exit_code`` file
 the batch script writes, read for all of them in one more command. SSH or scheduler faults never end a
 job: it keeps its state with the fault as ``reason``, and tracking resumes when the cluster answers.
 """
@@ -39,6 +45,7 @@ from hpc.schedulers import (
     CANCEL_REQUESTED,
     JobSpec,
     JobState,
+    NativeStatus,
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
@@ -48,8 +55,10 @@ from hpc.schedulers import (
     is_terminal,
 )
 from hpc.schedulers import serrano
+from hpc.schedulers.arrays import ArraySpec, ArraySpecError, NativeDependency, condition_outcome, parse_array
 from hpc.security import Principal
 from hpc.services import metrics
+from hpc.services import job_arrays, job_dependencies
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.ssh import quote
@@ -61,6 +70,7 @@ from hpc.store.tables import utcnow
 log = logging.getLogger(__name__)
 
 SUBMITTING = "submitting"
+HELD = job_dependencies.HELD
 TERMINAL = tuple(sorted(JOB_ENDED_STATES))
 ENDED = JOB_ENDED_STATES
 
@@ -194,6 +204,17 @@ def _epoch(text: str | None) -> datetime | None:
         return None
 
 
+@dataclass
+class ArrayPlan:
+    """One poll's view of an array job: how the scheduler lists each unfinished task, whose files to read."""
+
+    job: dict[str, Any]
+    native: Any
+    tasks: list[dict[str, Any]]
+    observed: dict[int, Any]
+    reads: list[int]
+
+
 class JobService:
     """Creates, tracks, cancels and reads jobs on registered infrastructures."""
 
@@ -225,10 +246,20 @@ class JobService:
         """
         infra = self.infrastructures.get(request.infrastructure)  # NotFound: 404, as the contract lists
         kind, name, spec = self._draft(request, infra)
+        after = self._check_after(getattr(request, "after", None) or [], infra, principal)
+        if after:
+            spec["after"] = [{"job": dep["target_id"], "condition": dep["condition"]} for dep in after]
         job_id = self._reserved(request.reservation, principal) if request.reservation else str(uuid.uuid4())
+        if request.reservation and self.store.jobs.get(job_id) is not None:
+            raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation")
         settings = infra["settings"] or {}
         minimum = float(settings.get("min_watch_period") or self.config.min_watch_period)
         now = utcnow()
+        # Tasks and dependencies are written before the job: a crash in between leaves rows no job
+        # refers to, never a job missing what it must wait for.
+        if spec.get("array"):
+            self.store.tasks.insert_missing(job_id, self._array({"spec": spec}).indexes())
+        self.store.dependencies.insert_many([{**dep, "job_id": job_id, "updated_at": now} for dep in after])
         try:
             row = self.store.jobs.insert(
                 {
@@ -240,7 +271,9 @@ class JobService:
                     "name": name[:256],
                     "spec": spec,
                     "scheduler_id": "",
-                    "state": SUBMITTING,
+                    "state": HELD if after else SUBMITTING,
+                    "reason": "waiting for its dependencies to be checked" if after else None,
+                    "task_counts": {"queued": self._array({"spec": spec}).count} if spec.get("array") else None,
                     "watch_period": max(float(request.watch_period if request.watch_period is not None else 10.0),
                                         minimum),
                     "cancel_requested": False,
@@ -255,7 +288,7 @@ class JobService:
             raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation") from None
         log.info("job %s accepted for %s (%s) by %s", row["id"], infra["name"], kind, principal.name)
         self._wake.set()
-        return row
+        return self._details(row)
 
     def _draft(self, request: Any, infra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """A job request checked and turned into ``(kind, name, spec)``: what ``create`` stores and what a
@@ -309,6 +342,9 @@ class JobService:
             self._check_workdir(infra, request.workdir)
         self._resources(resources, infra, kind)  # validates now, so a bad request is a 400, not a failed job
         spec.update(resources=resources, workdir=request.workdir, env=env)
+        array = self._check_array(getattr(request, "array", None), infra)
+        if array is not None:
+            spec["array"] = array.text
         return kind, name, spec
 
     def dry_run(self, request: Any, principal: Principal) -> dict[str, Any]:
@@ -321,6 +357,7 @@ class JobService:
         infra = self.infrastructures.get(request.infrastructure)
         contacted = self._home_key(infra) not in self._homes
         kind, name, spec = self._draft(request, infra)
+        self._check_after(getattr(request, "after", None) or [], infra, principal)  # 404/400 as POST /job
         token = request.reservation
         job_id = self._reserved(token, principal) if token else str(uuid.uuid4())
         if self.store.jobs.get(job_id) is not None:
@@ -383,6 +420,40 @@ class JobService:
             raise InvalidInput(f"reservation expired at {expires.isoformat()}: make a new dry run", "reservation")
         return job_id
 
+    # Request validation of arrays and dependencies: pure of the request, the infrastructure and the
+    # store; what they return is all the job's spec keeps of them.
+
+    def _check_array(self, text: str | None, infra: dict[str, Any]) -> ArraySpec | None:
+        """The array of tasks asked for, checked against the gateway's cap and the scheduler's syntax."""
+        if text is None:
+            return None
+        try:
+            array = parse_array(text, self.config.max_array_tasks)
+            scheduler = get_scheduler(infra["scheduler"], infra["settings"])
+            probe = JobSpec(name="probe", job_dir="/probe", payload="/probe/payload.sh", array=array)
+            scheduler.render_script(probe)
+            scheduler.submit_command(probe, "/probe/job.sh")
+        except (ArraySpecError, ValueError) as exc:
+            raise InvalidInput(f"array: {exc}", "array") from None
+        return array
+
+    def _check_after(self, after: list[Any], infra: dict[str, Any], principal: Principal) -> list[dict[str, Any]]:
+        """The dependencies asked for, as rows: each predecessor must exist and be visible to the caller
+        (404 otherwise: another user's job is not disclosed). Only existing jobs can be named, so no
+        cycle can form."""
+        scheduler = get_scheduler(infra["scheduler"], infra["settings"])
+        rows = []
+        for position, item in enumerate(after):
+            field = f"after.{position}.job"
+            target = self.store.jobs.get(str(item.job).lower())
+            if target is None or not (principal.is_admin or target["owner"] == principal.name):
+                raise NotFound(f"no job {item.job} to depend on", field)
+            condition = getattr(item.condition, "value", item.condition) or "ok"
+            mode = job_dependencies.choose_mode(condition, target["infrastructure"] == infra["name"],
+                                                scheduler.native_conditions)
+            rows.append({"position": position, "kind": "job", "target_id": target["id"], "condition": condition,
+                         "mode": mode, "state": "pending", "native": None})
+        return rows
     def _check_workdir(self, infra: dict[str, Any], workdir: str) -> None:
         """``workdir`` must lie inside the infrastructure's ``allowed_roots`` (default: the home), as for
         transfer paths; the roots themselves are allowed (a job may run in the home directory)."""
@@ -404,13 +475,23 @@ class JobService:
         return resources_of(values, defaults)
 
     def get(self, job_id: str, principal: Principal) -> dict[str, Any]:
+        return self._details(self._visible(job_id, principal))
+
+    def _visible(self, job_id: str, principal: Principal) -> dict[str, Any]:
         row = self.store.jobs.get(str(job_id))
         if row is None or not (principal.is_admin or row["owner"] == principal.name):
             raise NotFound(f"no job {job_id}", "job_id")
         return row
 
+    def _details(self, row: dict[str, Any], dependencies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The job row with its dependencies (``after``), read only for jobs that have some."""
+        if (row["spec"] or {}).get("after"):
+            row["after"] = dependencies if dependencies is not None else \
+                self.store.dependencies.for_jobs([row["id"]])[row["id"]]
+        return row
+
     def list(self, principal: Principal, *, infrastructure=None, state=None, since=None, limit=100, offset=0):
-        return self.store.jobs.page(
+        rows, total = self.store.jobs.page(
             owner=None if principal.is_admin else principal.name,
             infrastructure=infrastructure,
             state=state,
@@ -418,27 +499,42 @@ class JobService:
             limit=limit,
             offset=offset,
         )
+        deps = self.store.dependencies.for_jobs([r["id"] for r in rows if (r["spec"] or {}).get("after")])
+        return [self._details(r, deps.get(r["id"], [])) for r in rows], total
+
+    def tasks(self, job_id: str, principal: Principal, *, state=None, limit=100, offset=0):
+        """A page of an array job's tasks (409 for a job that is not an array)."""
+        row = self._visible(job_id, principal)
+        if not (row["spec"] or {}).get("array"):
+            raise Conflict(f"job {job_id} is not an array job: it has no tasks", "job_id")
+        return self.store.tasks.page(row["id"], state=state, limit=limit, offset=offset)
 
     def cancel(self, job_id: str, principal: Principal) -> dict[str, Any]:
-        """Asks for cancellation (idempotent); the poller tells the scheduler. 409 once the job ended."""
-        row = self.get(job_id, principal)
+        """Asks for cancellation (idempotent); the poller tells the scheduler. 409 once the job ended.
+        A held job (never submitted) ends at once."""
+        row = self._visible(job_id, principal)
         if row["state"] in ENDED:
             raise Conflict(f"job {job_id} has ended ({row['state']}): nothing to cancel", "job_id")
         if not row["cancel_requested"]:
             self.store.jobs.update(row["id"], cancel_requested=True)
             log.info("job %s: cancel requested by %s", row["id"], principal.name)
             self._wake.set()
-        return self.store.jobs.get(row["id"])
+        if row["state"] == HELD:
+            self._end(row, "cancelled", reason="cancelled while held, before it was submitted")
+        return self._details(self.store.jobs.get(row["id"]))
 
-    def output(self, job_id: str, principal: Principal, stream: str, offset: int, length: int) -> dict[str, Any]:
-        """Reads ``length`` bytes of the job's stdout or stderr from ``offset`` (to tail a running job)."""
-        row = self.get(job_id, principal)
+    def output(self, job_id: str, principal: Principal, stream: str, offset: int, length: int,
+               task: int | None = None) -> dict[str, Any]:
+        """Reads ``length`` bytes of the job's stdout or stderr from ``offset`` (to tail a running job);
+        of one array task's payload with ``task``."""
+        row = self._visible(job_id, principal)
+        state = self._check_task(row, task)
         result = {"stream": stream, "offset": offset, "next_offset": offset, "size": 0, "data": "", "eof": True,
-                  "job_state": row["state"]}
+                  "job_state": state}
         if not row["job_dir"]:
             return result  # not yet submitted: nothing written
         infra = self.infrastructures.get(row["infrastructure"])
-        path = f"{row['job_dir']}/{stream}"
+        path = f"{row['job_dir']}/{stream}" if task is None else f"{row['job_dir']}/output/{task}.{stream}"
         with self.infrastructures.sftp(infra, "reading job output") as sftp:
             try:
                 size = sftp.stat(path).st_size
@@ -449,10 +545,23 @@ class JobService:
                 with sftp.open(path, "rb") as handle:
                     handle.seek(offset)
                     data = handle.read(min(length + 3, size - offset))
-        data, eof = whole_characters(data, length, offset + len(data) >= size, row["state"] in ENDED)
+        data, eof = whole_characters(data, length, offset + len(data) >= size, state in ENDED)
         result.update(size=size, data=data.decode("utf-8", errors="replace"), next_offset=offset + len(data),
                       eof=eof)
         return result
+
+    def _check_task(self, row: dict[str, Any], task: int | None) -> str:
+        """The state the read's ``job_state`` reports: the job's, or the task's (400 for a task the job
+        does not have)."""
+        if task is None:
+            return row["state"]
+        array = (row["spec"] or {}).get("array")
+        if not array:
+            raise InvalidInput(f"job {row['id']} is not an array job: it has no task {task}", "task")
+        found = self.store.tasks.get(row["id"], task)
+        if found is None:
+            raise InvalidInput(f"the array {array} has no task {task}", "task")
+        return found["state"]
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -494,6 +603,7 @@ class JobService:
             self._wake.clear()
 
     def _tick(self) -> None:
+        self._check_dependencies()
         with self._lock:
             busy = set(self._in_flight)
         for row in self.store.jobs.claim_submissions(self.owner, self.config.submit_lease_seconds, limit=32):
@@ -508,6 +618,82 @@ class JobService:
                     continue
                 self._polling.add(name)
             self._pool.submit(self._poll_guarded, name)
+
+    # -- dependencies (the hold) --------------------------------------------------------------
+
+    def _check_dependencies(self) -> None:
+        """One look at every undecided dependency: marks satisfied ones, releases held jobs whose
+        conditions allow, cancels jobs whose conditions never can. Every write is conditional on the
+        job's state, so replicas doing the same look at once release a job exactly once."""
+        pending = self.store.dependencies.pending(TERMINAL)
+        by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for dep in pending:
+            by_job[dep["job_id"]].append(dep)
+        for job_id, deps in by_job.items():
+            # The job's own change comes first, the dependency's record after it: a gateway stopped in
+            # between finds the dependency still undecided and decides it again, to the same end.
+            decision = job_dependencies.decide(deps[0]["job_state"], deps)
+            if decision.unsatisfiable is not None:
+                dep = decision.unsatisfiable
+                self._cancel_for(job_id, job_dependencies.unsatisfiable_reason(dep))
+                self.store.dependencies.update(job_id, dep["position"], state="unsatisfiable")
+            elif decision.release:
+                if self.store.jobs.update(job_id, [self.store.jobs.table.c.state == HELD], state=SUBMITTING,
+                                          reason=None, next_poll_at=None):
+                    log.info("job %s released: its dependencies allow it to be submitted", job_id)
+                    self._wake.set()
+            for position in decision.satisfied:
+                self.store.dependencies.update(job_id, position, state="satisfied")
+            if decision.unsatisfiable is None and not decision.release and decision.reason is not None:
+                self.store.jobs.update(job_id, [self.store.jobs.table.c.state == HELD,
+                                                self.store.jobs.table.c.reason.is_distinct_from(decision.reason)],
+                                       reason=decision.reason)
+
+    def _cancel_for(self, job_id: str, reason: str) -> None:
+        """Cancels a job because of something the gateway found (e.g. an unsatisfiable dependency): a
+        held job ends at once; a submitted one is cancelled on the scheduler and ends with ``reason``."""
+        job = self.store.jobs.get(job_id)
+        if job is None or job["state"] in ENDED:
+            return
+        if job["state"] == HELD:
+            self._end(job, "cancelled", reason=reason)
+            return
+        if job["state"] == "running":
+            return  # the scheduler started it: its dependencies were satisfied by its own account
+        if not job["cancel_requested"]:
+            log.info("job %s: cancelling: %s", job_id, reason)
+            self.store.jobs.update(job_id, cancel_requested=True, cancel_reason=reason, reason=reason)
+            self._wake.set()
+
+    def _native_dependencies(self, row: dict[str, Any], decide: bool = True
+                             ) -> list[tuple[dict[str, Any], NativeDependency]] | None:
+        """The dependencies to hand to the scheduler, with their rows; None if the job must not be
+        submitted (a predecessor ended the wrong way: the job was cancelled). A native predecessor that
+        ended already is decided here instead (a scheduler may treat an id it forgot as satisfied);
+        without ``decide``, only what an earlier submission was given is listed."""
+        if not (row["spec"] or {}).get("after"):
+            return []
+        native = []
+        for dep in self.store.dependencies.for_jobs([row["id"]])[row["id"]]:
+            if dep["mode"] != "native" or dep["state"] != "pending":
+                continue
+            target = self.store.jobs.get(dep["target_id"])
+            outcome = condition_outcome(dep["condition"], target["state"]) if target else False
+            if not decide:
+                outcome = None if target and target["scheduler_id"] else "skip"
+            if outcome == "skip":
+                continue
+            if outcome is True:
+                self.store.dependencies.update(row["id"], dep["position"], state="satisfied")
+            elif outcome is False:
+                self._end(row, "cancelled", reason=job_dependencies.unsatisfiable_reason(
+                    {**dep, "target_state": target["state"] if target else None}))
+                self.store.dependencies.update(row["id"], dep["position"], state="unsatisfiable")
+                return None
+            else:
+                native.append((dep, NativeDependency(dep["condition"], target["scheduler_id"],
+                                                     array=bool((target["spec"] or {}).get("array")))))
+        return native
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -530,14 +716,14 @@ class JobService:
     def _submit(self, row: dict[str, Any]) -> None:
         job_id = row["id"]
         if row["cancel_requested"] and not row["job_dir"]:
-            self._end(row, "cancelled", reason="cancelled before it was submitted")
+            self._end(row, "cancelled", reason=row["cancel_reason"] or "cancelled before it was submitted")
             return
         try:
             infra = self.infrastructures.get(row["infrastructure"])
         except NotFound:
             self._end(row, "failed", reason=f"infrastructure {row['infrastructure']!r} is no longer registered")
             return
-        scheduler = get_scheduler(infra["scheduler"])
+        scheduler = get_scheduler(infra["scheduler"], infra["settings"])
         attempts = row["submit_attempts"] + 1
         # The lease is renewed here, and the job dropped if it was lost while the row waited for a worker
         # thread: another replica has taken the submission over, and two must never submit one job.
@@ -546,23 +732,31 @@ class JobService:
         if not self.store.jobs.update(job_id, held, submit_attempts=attempts, lease_until=lease):
             log.info("job %s: its submission lease passed to another replica", job_id)
             return
+        if (row["spec"] or {}).get("array"):
+            self.store.tasks.insert_missing(job_id, self._array(row).indexes())  # after a crash in create()
         try:
-            home = self._home(infra)
-            job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
-            plan = self._plan(row, infra, home, job_dir)
             if row["job_dir"]:
-                adopted = self._adopt(infra, scheduler, job_dir)
+                # An earlier attempt may have submitted it (before its dependencies are decided again).
+                adopted = self._adopt(infra, scheduler, row["job_dir"])
                 if adopted:
                     log.info("job %s: adopted scheduler id %s from an interrupted submission", job_id, adopted)
+                    self._record_native(job_id, scheduler, self._native_dependencies(row, decide=False))
                     self._submitted(row, adopted)
                     return
+            native = self._native_dependencies(row)
+            if native is None:
+                return
+            home = self._home(infra)
+            job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
+            plan = self._plan(row, infra, home, job_dir, tuple(dep for _, dep in native))
             self.store.jobs.update(job_id, job_dir=job_dir)
             with self.infrastructures.sftp(infra, "writing the job's files") as sftp:
                 self._mkdirs(sftp, job_dir)
                 self._put(sftp, plan.spec.payload, plan.payload.encode(), 0o700)
                 self._put(sftp, plan.script_path, plan.script.encode(), 0o700)
-            if self.store.jobs.get(job_id)["cancel_requested"]:
-                self._end(row, "cancelled", reason="cancelled before it was submitted")
+            current = self.store.jobs.get(job_id)
+            if current["cancel_requested"]:
+                self._end(row, "cancelled", reason=current["cancel_reason"] or "cancelled before it was submitted")
                 return
             self._count(infra["name"], "submit")
             result = self.infrastructures.run(infra, plan.command, stdin=plan.stdin, action="submitting the job")
@@ -582,7 +776,13 @@ class JobService:
             log.info("job %s: the scheduler refused it: %s", job_id, exc.message)
             self._end(row, "failed", reason=f"the scheduler refused the job: {exc.message}")
             return
+        self._record_native(job_id, scheduler, native)
         self._submitted(row, scheduler_id)
+
+    def _record_native(self, job_id: str, scheduler, native: list[tuple[dict[str, Any], NativeDependency]]) -> None:
+        """Shows on each native dependency what the scheduler was given for it."""
+        for dep, rendered in native:
+            self.store.dependencies.update(job_id, dep["position"], native=scheduler.dependency_option([rendered]))
 
     def _submitted(self, row: dict[str, Any], scheduler_id: str) -> None:
         now = utcnow()
@@ -636,7 +836,12 @@ class JobService:
         root = (infra["settings"] or {}).get("job_root") or DEFAULT_JOB_ROOT
         return f"{self._absolute(root, home).rstrip('/')}/{job_id}"
 
-    def _job_spec(self, row: dict[str, Any], infra: dict[str, Any], home: str, job_dir: str) -> JobSpec:
+    def _array(self, row: dict[str, Any]) -> ArraySpec | None:
+        text = (row["spec"] or {}).get("array")
+        return parse_array(text, max(self.config.max_array_tasks, 4_000_001)) if text else None
+
+    def _job_spec(self, row: dict[str, Any], infra: dict[str, Any], home: str, job_dir: str,
+                  dependencies: tuple[NativeDependency, ...] = ()) -> JobSpec:
         spec = row["spec"]
         resources = self._resources(spec.get("resources") or {}, infra, spec["kind"])
         workdir = spec.get("workdir")
@@ -650,13 +855,16 @@ class JobService:
             workdir=self._absolute(workdir, home) if workdir else None,
             env=spec.get("env") or {},
             setup_lines=tuple((infra["settings"] or {}).get("setup_lines") or ()),
+            array=self._array(row),
+            dependencies=dependencies,
         )
 
-    def _plan(self, row: dict[str, Any], infra: dict[str, Any], home: str, job_dir: str) -> SubmissionPlan:
+    def _plan(self, row: dict[str, Any], infra: dict[str, Any], home: str, job_dir: str,
+              dependencies: tuple[NativeDependency, ...] = ()) -> SubmissionPlan:
         """The files and the submit command of a job (``row``: at least ``id``, ``name``, ``spec``): pure
         rendering, the same for a submission and for a dry run."""
-        scheduler = get_scheduler(infra["scheduler"])
-        spec = self._job_spec(row, infra, home, job_dir)
+        scheduler = get_scheduler(infra["scheduler"], infra["settings"])
+        spec = self._job_spec(row, infra, home, job_dir, dependencies)
         script_path = f"{job_dir}/job.sh"
         command, stdin = scheduler.submit_command(spec, script_path)
         return SubmissionPlan(spec=spec, payload=self._payload(row, infra, home), script=scheduler.render_script(spec),
@@ -751,32 +959,130 @@ class JobService:
             infra = self.infrastructures.get(name)
         except NotFound:
             return
-        scheduler = get_scheduler(infra["scheduler"])
+        scheduler = get_scheduler(infra["scheduler"], infra["settings"])
         to_cancel = [j for j in jobs if j["cancel_requested"] and j["cancel_sent_at"] is None]
         if to_cancel:
             self._send_cancel(infra, scheduler, to_cancel)
         if not any(j["next_poll_at"] is None or j["next_poll_at"] <= now for j in jobs) and not to_cancel:
             return
+        tasks = {j["id"]: self.store.tasks.unfinished(j["id"], ENDED) for j in jobs if (j["spec"] or {}).get("array")}
         ids = [j["scheduler_id"] for j in jobs]
+        if not scheduler.reports_array_tasks:  # PBS: started tasks are polled under their own ids
+            ids += list(dict.fromkeys(t["scheduler_id"] for rows in tasks.values() for t in rows
+                                      if t["scheduler_id"] and t["scheduler_id"] not in ids))
+        # Arrays some of whose tasks left the queue without an exit code: the adapter may look further.
+        lookup = [j["scheduler_id"] for j in jobs if any(t["missing_polls"] for t in tasks.get(j["id"], ()))]
         self._count(name, "status")
         try:
-            result = self.infrastructures.run(infra, scheduler.status_command(ids), action="polling job states")
+            result = self.infrastructures.run(infra, scheduler.status_command(ids, arrays=lookup),
+                                              action="polling job states")
             statuses = scheduler.parse_status(result.exit_code, result.stdout, result.stderr, ids)
         except (DomainError, SchedulerParseError) as exc:
             self._poll_failed(name, jobs, str(getattr(exc, "detail", exc)))
             return
         self._backoff.pop(name, None)
-        gone, starting = [], []
+        gone, starting, plans = [], [], []
         for job in jobs:
             native = statuses.get(job["scheduler_id"])
-            if native is None or is_terminal(native.state):
+            if job["id"] in tasks:
+                plans.append(self._plan_array(job, native, tasks[job["id"]], statuses, scheduler))
+            elif native is None or is_terminal(native.state):
                 gone.append((job, native))
             else:
-                self._observe(job, native)
+                self._observe(job, native, scheduler)
                 if native.state is JobState.RUNNING and job["started_at"] is None:
                     starting.append(job)
-        if gone or starting:
-            self._finish_from_files(infra, gone, starting)
+        files: dict[str, dict[int, job_arrays.TaskFiles]] | None = {}
+        if gone or starting or any(plan.reads for plan in plans):
+            files = self._finish_from_files(infra, gone, starting, plans)
+        if files is not None:
+            for plan in plans:
+                self._apply_array(plan, infra, files.get(plan.job["id"], {}))
+
+    def _plan_array(self, job: dict[str, Any], native, tasks: list[dict[str, Any]], statuses, scheduler) -> "ArrayPlan":
+        """How the scheduler lists each unfinished task of an array, and whose files to read."""
+        listed = (native.tasks or {}) if native is not None else {}
+        queued = None
+        if native is not None and not is_terminal(native.state):
+            queued = NativeStatus(native.scheduler_id, JobState.QUEUED, native.native_state, native.reason)
+        observed: dict[int, Any] = {}
+        for task in tasks:
+            index = task["task_index"]
+            if scheduler.reports_array_tasks:
+                observed[index] = listed.get(index)
+            elif task["scheduler_id"]:
+                observed[index] = statuses.get(task["scheduler_id"])
+            else:
+                observed[index] = queued  # not started: waits in the array's own record, if it has one
+        reads = [t["task_index"] for t in tasks
+                 if job_arrays.needs_files(t, observed[t["task_index"]], scheduler.reports_array_tasks)]
+        if native is not None and scheduler.never_satisfied(native) and not job["cancel_requested"]:
+            reason = self._never_satisfied(job, native)
+            if reason:
+                self._cancel_for(job["id"], reason)
+        return ArrayPlan(job, native, tasks, observed, reads[: job_arrays.MAX_TASK_READS])
+
+    def _apply_array(self, plan: "ArrayPlan", infra: dict[str, Any], files: dict[int, job_arrays.TaskFiles]) -> None:
+        """Records what one poll learnt about an array's tasks, then the array's own state."""
+        job = plan.job
+        walltime = self._resources(job["spec"].get("resources") or {}, infra, job["spec"]["kind"]).walltime_s
+        read = set(plan.reads)
+        now = utcnow()
+        changes = {}
+        for task in plan.tasks:
+            index = task["task_index"]
+            found = files.get(index, job_arrays.TaskFiles()) if index in read else None
+            change = job_arrays.decide_task(task, plan.observed[index], found, now=now, walltime_s=walltime,
+                                            cancel_requested=job["cancel_requested"])
+            if change:
+                changes[index] = change
+        if changes:
+            self.store.tasks.update_many(job["id"], changes, ENDED)
+        counts = self.store.tasks.counts(job["id"])
+        total = sum(counts.values())
+        outcome = job_arrays.summary([], counts, total, job["cancel_requested"])
+        started = [c["started_at"] for c in changes.values() if c.get("started_at")]
+        update: dict[str, Any] = {"task_counts": counts, "next_poll_at": self._next_poll(job), "poll_failures": 0,
+                                  "missing_polls": 0}
+        if job["started_at"] is None and started:
+            update["started_at"] = min(started)
+        if plan.native is not None:
+            update.update(native_state=plan.native.native_state, reason=plan.native.reason)
+        if outcome["state"] in ENDED:
+            everything, _ = self.store.tasks.page(job["id"], state=None, limit=total, offset=0)
+            outcome = job_arrays.summary(everything, counts, total, job["cancel_requested"])
+            ends = [t["ended_at"] for t in everything if t["ended_at"]]
+            reason = outcome["reason"]
+            if outcome["state"] == "cancelled" and job["cancel_reason"]:
+                reason = job["cancel_reason"]
+            self._end(job, outcome["state"], exit_code=outcome["exit_code"], reason=reason,
+                      native_state=update.get("native_state", job["native_state"]), ended_at=max(ends) if ends else None,
+                      **{k: v for k, v in update.items() if k in ("task_counts", "started_at")})
+            return
+        state = advance(JobState(job["state"]) if job["state"] != SUBMITTING else JobState.QUEUED,
+                        JobState(outcome["state"]))
+        if job["cancel_reason"]:
+            update["reason"] = job["cancel_reason"]
+        self.store.jobs.update(job["id"], state=state.value, **update)
+
+    def _never_satisfied(self, job: dict[str, Any], native) -> str | None:
+        """Why a job the scheduler keeps waiting on an impossible dependency is to be cancelled: the
+        predecessor whose end rules it out by the gateway's own rule; else, once every predecessor has
+        ended in the gateway too, all of them. None while the gateway has yet to see a predecessor end
+        (its own check names it then)."""
+        deps = self.store.dependencies.for_jobs([job["id"]])[job["id"]] if (job["spec"] or {}).get("after") else []
+        states = {}
+        for dep in deps:
+            target = self.store.jobs.get(dep["target_id"])
+            states[dep["target_id"]] = target["state"] if target else None
+            if target is None or condition_outcome(dep["condition"], target["state"]) is False:
+                self.store.dependencies.update(job["id"], dep["position"], state="unsatisfiable")
+                return job_dependencies.unsatisfiable_reason({**dep, "target_state": states[dep["target_id"]]})
+        if any(state not in ENDED for state in states.values()):
+            return None
+        names = ", ".join(f"job {d['target_id']} (after {d['condition']})" for d in deps if d["mode"] == "native")
+        return (f"the scheduler reports that its dependencies can never be satisfied ({native.reason})"
+                + (f": {names}" if names else ""))
 
     def _poll_failed(self, name: str, jobs: list[dict[str, Any]], reason: str) -> None:
         _, previous = self._backoff.get(name, (utcnow(), 0.0))
@@ -790,14 +1096,19 @@ class JobService:
     def _next_poll(self, job: dict[str, Any]) -> datetime:
         return utcnow() + timedelta(seconds=job["watch_period"])
 
-    def _observe(self, job: dict[str, Any], native) -> None:
+    def _observe(self, job: dict[str, Any], native, scheduler=None) -> None:
+        if scheduler is not None and scheduler.never_satisfied(native) and not job["cancel_requested"]:
+            reason = self._never_satisfied(job, native)
+            if reason:
+                self._cancel_for(job["id"], reason)
+                job = self.store.jobs.get(job["id"])
         current = JobState(job["state"]) if job["state"] != SUBMITTING else JobState.QUEUED
         new = advance(current, native.state)
         if native.state is JobState.UNKNOWN:
             log.warning("job %s: unknown native state %r kept beside %s", job["id"], native.native_state, new.value)
         changes: dict[str, Any] = {
             "native_state": native.native_state,
-            "reason": native.reason,
+            "reason": job["cancel_reason"] or native.reason,
             "next_poll_at": self._next_poll(job),
             "poll_failures": 0,
             "missing_polls": 0,
@@ -808,31 +1119,45 @@ class JobService:
         self.store.jobs.update(job["id"], **changes)
 
     def _finish_from_files(self, infra: dict[str, Any], gone: list[tuple[dict[str, Any], Any]],
-                           starting: list[dict[str, Any]] = ()) -> None:
+                           starting: list[dict[str, Any]] = (), plans: list["ArrayPlan"] = ()
+                           ) -> dict[str, dict[int, job_arrays.TaskFiles]] | None:
         """Reads the job files (exit_code, started, ended) in one command: ends the jobs that left the
-        queue or that the scheduler reports ended, and records when ``starting`` jobs began.
+        queue or that the scheduler reports ended, and records when ``starting`` jobs began. The same
+        command reads the files of the array tasks the ``plans`` name, returned per job and index
+        (None when the command failed).
 
         The times are the cluster's record, written by the batch script itself, not the moment a poll
         happened to notice: a job shorter than the poll period would otherwise never be seen running.
         """
-        script = "; ".join(
+        parts = [
             f"d={quote(job['job_dir'])}; printf '@@%s\\n' {quote(job['id'])}; "
             'for f in exit_code started ended; do printf "%s=" "$f"; cat "$d/$f" 2>/dev/null || echo; done'
             for job in [job for job, _ in gone] + list(starting)
-        )
+        ]
+        parts += [f"printf '@@%s\\n' {quote(plan.job['id'])}; {job_arrays.read_command(plan.job['job_dir'], plan.reads)}"
+                  for plan in plans if plan.reads]
+        script = "; ".join(parts)
         self._count(infra["name"], "exit_codes")
         try:
             # On stdin, not as the command: 5,000 jobs leaving at once (a mass cancel in bench/replicas.py)
             # made a 1 MB command line, and sshd resets a connection whose exec request exceeds 256 KiB.
             result = self.infrastructures.run(infra, "sh -s", stdin=script.encode(), action="reading exit codes")
         except DomainError as exc:
-            self._poll_failed(infra["name"], [job for job, _ in gone] + list(starting), exc.detail)
-            return
+            self._poll_failed(infra["name"], [job for job, _ in gone] + list(starting) + [p.job for p in plans],
+                              exc.detail)
+            return None
         files: dict[str, dict[str, str]] = {}
+        task_files: dict[str, dict[int, job_arrays.TaskFiles]] = {}
         current = None
+        current_id = ""
         for line in result.stdout.splitlines():
             if line.startswith("@@"):
-                current = files.setdefault(line[2:].strip(), {})
+                current_id = line[2:].strip()
+                current = files.setdefault(current_id, {})
+            elif line.startswith("t "):
+                parsed = job_arrays.parse_task_line(line)
+                if parsed is not None:
+                    task_files.setdefault(current_id, {})[parsed[0]] = parsed[1]
             elif current is not None and "=" in line:
                 key, _, value = line.partition("=")
                 current[key] = value.strip()
@@ -871,6 +1196,7 @@ class JobService:
             self._end(job, state.value, exit_code=exit_code, native_state=native.native_state if native else None,
                       reason=(native.reason if native else None) or self._reason(state, exit_code),
                       started_at=started or job["started_at"], ended_at=ended)
+        return task_files
 
     @staticmethod
     def _reason(state: JobState, exit_code: int) -> str | None:
@@ -898,9 +1224,19 @@ class JobService:
     # -- shared -------------------------------------------------------------------------------
 
     def _end(self, job: dict[str, Any], state: str, **changes: Any) -> None:
-        """Moves a job to its final state, once: a job already ended is never touched again."""
+        """Moves a job to its final state, once: a job already ended is never touched again. A job the
+        gateway cancelled for a reason (``cancel_reason``) ends with that reason; an array's tasks that
+        never ended end with it."""
         changes.setdefault("ended_at", None)
         changes["ended_at"] = changes["ended_at"] or utcnow()
+        current = self.store.jobs.get(job["id"]) or job
+        if state == "cancelled" and current.get("cancel_reason"):
+            changes["reason"] = current["cancel_reason"]
+        if (job["spec"] or {}).get("array"):
+            task_state = state if state in ("cancelled", "failed") else "unknown"
+            self.store.tasks.end_unfinished(job["id"], ENDED, state=task_state, ended_at=changes["ended_at"],
+                                            reason=changes.get("reason") or f"the array ended {state}")
+            changes["task_counts"] = self.store.tasks.counts(job["id"])
         ended = self.store.jobs.update(
             job["id"],
             [self.store.jobs.table.c.state.not_in(TERMINAL)],

@@ -93,6 +93,14 @@ def _job_state(old: Row | None, new: Row) -> dict[str, Any]:
             "native_state": new.get("native_state"), "scheduler_id": new.get("scheduler_id")}
 
 
+def _job_tasks(old: Row | None, new: Row) -> dict[str, Any]:
+    return {"state": new["state"], "counts": new.get("task_counts") or {}}
+
+
+def _job_hold(old: Row | None, new: Row) -> dict[str, Any]:
+    return {"state": new["state"], "reason": new.get("reason")}
+
+
 def _job_output(old: Row | None, new: Row) -> dict[str, Any]:
     return {"state": new["state"], "streams": ["stdout", "stderr"], "final": new["state"] in JOB_ENDED}
 
@@ -108,6 +116,12 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("job.output", "state", _job_output, with_old=False,
              when=lambda old, new: new["state"] == "running"
              or (new["state"] in JOB_ENDED and bool(new.get("job_dir")) and bool(new.get("scheduler_id")))),
+        # An array's tasks changed state: the counts per state (GET /job/{id}/tasks has each task).
+        Rule("job.tasks", "task_counts", _job_tasks, with_old=False, when=lambda old, new: old is not None),
+        # The gateway holds a job before submitting it (its dependencies), and releases it.
+        Rule("job.held", "state", _job_hold, with_old=False, when=lambda old, new: new["state"] == "held"),
+        Rule("job.released", "state", _job_hold, with_old=False,
+             when=lambda old, new: old is not None and old["state"] == "held" and new["state"] == "submitting"),
     ),
     "transfers": (
         Rule("transfer.state", "state", ("state", "reason", "bytes_done", "bytes_total", "sha256")),

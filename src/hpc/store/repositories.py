@@ -220,6 +220,136 @@ class JobRepository(_Repository):
         return claimed
 
 
+class JobTaskRepository:
+    """The tasks of array jobs (``job_tasks``): written in bulk, counted per state, read by pages."""
+
+    table = tables.job_tasks
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_missing(self, job_id: str, indexes: Iterable[int], state: str = "queued") -> int:
+        """Adds a row in ``state`` for each index the job has no row for yet; how many were added."""
+        c = self.table.c
+        indexes = list(indexes)
+        with self.engine.begin() as conn:
+            present = set(conn.execute(sa.select(c.task_index).where(c.job_id == job_id)).scalars())
+            now = utcnow()
+            rows = [{"job_id": job_id, "task_index": i, "state": state, "missing_polls": 0, "updated_at": now}
+                    for i in indexes if i not in present]
+            for start in range(0, len(rows), 5000):
+                conn.execute(self.table.insert(), rows[start:start + 5000])
+        return len(rows)
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c.state, sa.func.count()).where(c.job_id == job_id).group_by(c.state)).all()
+        return {state: count for state, count in rows}
+
+    def get(self, job_id: str, index: int) -> dict[str, Any] | None:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return _row(conn.execute(sa.select(self.table).where(c.job_id == job_id, c.task_index == index)).first())
+
+    def unfinished(self, job_id: str, ended: Iterable[str]) -> list[dict[str, Any]]:
+        """The job's tasks not in an ``ended`` state, by index."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(c.job_id == job_id, c.state.not_in(list(ended)))
+                                .order_by(c.task_index)).all()
+        return [_row(r) for r in rows]
+
+    def page(self, job_id: str, *, state: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        c = self.table.c
+        conditions = [c.job_id == job_id] + ([c.state == state] if state else [])
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(self.table).where(*conditions)).scalar_one()
+            rows = conn.execute(sa.select(self.table).where(*conditions).order_by(c.task_index)
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def update_many(self, job_id: str, changes: dict[int, dict[str, Any]], ended: Iterable[str]) -> int:
+        """Applies ``{index: values}`` in one transaction; a task already in an ``ended`` state is never
+        changed again. How many rows changed."""
+        c = self.table.c
+        ended = list(ended)
+        now = utcnow()
+        changed = 0
+        with self.engine.begin() as conn:
+            for index, values in changes.items():
+                statement = (self.table.update()
+                             .where(c.job_id == job_id, c.task_index == index, c.state.not_in(ended))
+                             .values(updated_at=now, **values))
+                changed += conn.execute(statement).rowcount
+        return changed
+
+    def end_unfinished(self, job_id: str, ended: Iterable[str], **values: Any) -> int:
+        """Ends every task not ended yet with ``values`` (e.g. a cancelled array's tasks that never ran)."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            return conn.execute(self.table.update().where(c.job_id == job_id, c.state.not_in(list(ended)))
+                                .values(updated_at=utcnow(), **values)).rowcount
+
+
+class JobDependencyRepository:
+    """What jobs wait for (``job_dependencies``)."""
+
+    table = tables.job_dependencies
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """Writes one job's dependencies, replacing what an interrupted earlier attempt at the same job id
+        (a reserved one, asked again) left behind."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.delete().where(self.table.c.job_id.in_({row["job_id"] for row in rows})))
+                conn.execute(self.table.insert(), rows)
+
+    def for_jobs(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each job's dependencies in request order."""
+        c = self.table.c
+        job_ids = list(job_ids)
+        found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return found
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(c.job_id.in_(job_ids))
+                                .order_by(c.job_id, c.position)).all()
+        for row in rows:
+            found[row.job_id].append(_row(row))
+        return found
+
+    def pending(self, terminal: Iterable[str], held: str = "held") -> list[dict[str, Any]]:
+        """Undecided dependencies of jobs that have not ended, and every dependency of a ``held`` job
+        (one whose dependencies were all decided, by a gateway stopped before it released the job), with
+        the state of the job (``job_*``) and of its target (``target_*``; None when it does not exist)."""
+        d, j = self.table.c, tables.jobs.c
+        target = tables.jobs.alias("target")
+        t = target.c
+        statement = (
+            sa.select(self.table, j.state.label("job_state"), j.infrastructure.label("job_infrastructure"),
+                      j.owner.label("job_owner"), t.state.label("target_state"),
+                      t.scheduler_id.label("target_scheduler_id"), t.infrastructure.label("target_infrastructure"),
+                      t.spec.label("target_spec"))
+            .join(tables.jobs, j.id == d.job_id)
+            .join(target, t.id == d.target_id, isouter=True)
+            .where(sa.or_(d.state == "pending", j.state == held), d.kind == "job", j.state.not_in(list(terminal)))
+            .order_by(d.job_id, d.position)
+        )
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(statement).all()]
+
+    def update(self, job_id: str, position: int, **values: Any) -> bool:
+        c = self.table.c
+        values.setdefault("updated_at", utcnow())
+        with self.engine.begin() as conn:
+            return conn.execute(self.table.update().where(c.job_id == job_id, c.position == position)
+                                .values(**values)).rowcount == 1
+
+
 class TransferRepository(_Repository):
     table = tables.transfers
 
@@ -331,6 +461,8 @@ class Store:
         self.events = EventLog(engine)
         self.infrastructures = InfrastructureRepository(engine)
         self.jobs = JobRepository(engine, self.events)
+        self.tasks = JobTaskRepository(engine)
+        self.dependencies = JobDependencyRepository(engine)
         self.transfers = TransferRepository(engine, self.events)
         self.subscriptions = SubscriptionRepository(engine, self.events)
         self.deliveries = DeliveryRepository(engine)

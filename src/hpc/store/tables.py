@@ -91,6 +91,46 @@ jobs = sa.Table(
     sa.Column("poll_failures", sa.Integer, nullable=False, default=0),  # consecutive, reset on success
     sa.Column("missing_polls", sa.Integer, nullable=False, default=0),  # gone from queue, no exit code yet
     sa.Column("submit_attempts", sa.Integer, nullable=False, default=0),
+    # An array job: tasks per state ({"queued": 98, "running": 2, ...}), kept with the job_tasks rows.
+    sa.Column("task_counts", sa.JSON),
+    # Why the gateway is cancelling the job (e.g. a dependency that can never be satisfied): the reason
+    # the job ends with once the cancellation took effect.
+    sa.Column("cancel_reason", sa.Text),
+)
+
+# The tasks of an array job: one row per index, written when the job is created.
+job_tasks = sa.Table(
+    "job_tasks",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("task_index", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("native_state", sa.String(64)),
+    sa.Column("reason", sa.Text),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("scheduler_id", sa.String(64)),  # the task's own id where the scheduler gives it one
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("missing_polls", sa.Integer, nullable=False, default=0),  # gone, no exit code yet
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_job_tasks_job_state", "job_id", "state"),
+)
+
+# What a job waits for before or while it is queued: one row per dependency (``after``), in request
+# order. ``kind`` is what the target is (a job); ``mode`` who enforces it (the scheduler: native, or the
+# gateway holding the job); ``state`` pending | satisfied | unsatisfiable.
+job_dependencies = sa.Table(
+    "job_dependencies",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("target_id", sa.String(36), nullable=False, index=True),
+    sa.Column("condition", sa.String(16), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("native", sa.Text),  # what the scheduler was given, e.g. "afterok:123"
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 transfers = sa.Table(

@@ -124,6 +124,27 @@ def test_job_submit_wait_json_and_logs(gateway, infra):
     assert re.search(r"state\s+completed", human.stdout) is not None
 
 
+def test_array_and_dependency_from_the_command_line(gateway):
+    array = cli_json(gateway, "job", "submit", "-i", "tb-sge", "--array", "0-3%2", "--watch-period", "0.5",
+                     "--", "bash", "-c", 'echo "i=$HPC_ARRAY_TASK_ID"; [ "$HPC_ARRAY_TASK_ID" != 2 ]', token="user")
+    assert array["array"] == {"spec": "0-3%2", "size": 4, "counts": {"queued": 4}}
+    after = cli_json(gateway, "job", "submit", "-i", "tb-slurm", "--after", f"{array['id']}:notok",
+                     "--after", array["id"] + ":any", "--watch-period", "0.5", "--", "echo", "after", token="user")
+    assert (after["state"], [(d["job"], d["condition"]) for d in after["after"]]) == (
+        "held", [(array["id"], "notok"), (array["id"], "any")])
+    waited = cli(gateway, "job", "wait", after["id"], array["id"], "--poll", "0.3", token="user")
+    assert waited.returncode == 1  # the array failed (task 2), the dependant completed
+    assert re.search(r"tasks 3 completed 1 failed of 4, exit code 1", waited.stdout) is not None
+    tasks = cli(gateway, "job", "tasks", array["id"], "--state", "failed", token="user")
+    assert re.search(r"^2\s+failed\s+1\s", tasks.stdout, re.M) is not None
+    assert cli(gateway, "job", "logs", array["id"], "--task", "2", token="user").stdout == "i=2\n"
+    assert cli(gateway, "job", "logs", after["id"], token="user").stdout == "after\n"
+    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--after", "x:maybe", "--", "true", token="user")
+    assert (bad.returncode, "does not read ID[:ok|notok|any]" in bad.stderr) == (2, True)
+    refused = cli(gateway, "job", "submit", "-i", "tb-slurm", "--array", "3-1", "--", "true", token="user")
+    assert (refused.returncode, "array" in refused.stderr) == (3, True)
+
+
 def test_failed_job_exits_1_and_says_why(gateway, tmp_path):
     # (a failing job on tb-slurm through the CLI: examples/06_cli_tour.sh, run by test_examples.py)
     infra = "tb-pbs"

@@ -108,3 +108,16 @@ def test_06_cli_tour(setup):
     assert "exit code 1 (1: the job ended without success)" in result.stdout
     assert "state completed exit code 0" in result.stdout
     assert "s3://hpc-examples/cli/count.txt: 1000 input.txt" in result.stdout
+
+
+def test_07_job_array(setup):
+    registered(setup)
+    # On Grid Engine (scheduling every second, two slots) the hundred tiny tasks take about a minute;
+    # the same on the shared Slurm, loaded by other suites, took more than two.
+    env = {**setup["env"], "HPC_INFRASTRUCTURE": "tb-sge"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "07_job_array.py")], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "array: state completed, tasks {'completed': 100}" in result.stdout
+    assert "task 42 said: task 42 of 100 on " in result.stdout
+    assert "gather read 100 files; the sum of the squares is 328350" in result.stdout

@@ -13,10 +13,12 @@ import pytest
 from hpc.schedulers import (
     JobSpec,
     JobState,
+    NativeDependency,
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
     get_scheduler,
+    parse_array,
 )
 from hpc.schedulers.pbs import PbsScheduler
 from hpc.schedulers.sge import SgeScheduler
@@ -28,6 +30,7 @@ OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS ", "sge": "#$ "}
 CANCEL_PROGRAM = {"slurm": "scancel", "pbs": "qdel", "sge": "qdel"}
 # The scheduler reads the script from stdin (else it is uploaded and passed by path).
 SCRIPT_ON_STDIN = {"slurm": True, "pbs": False, "sge": True}
+Q, R, C, F, X = JobState.QUEUED, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED
 HOSTILE = ["it's", '"dq"', "$(touch /tmp/x)", "`id`", "a\nEOF\nb", ";rm -rf ~", "%x %j", "#not a comment"]
 
 
@@ -141,7 +144,8 @@ def test_job_name_is_sanitized(sched, name, expected):
 
 def test_submit_command_keeps_id_in_submit_out(sched):
     command, stdin = sched.submit_command(spec(), "/home/u/jobs/j1/job.sh")
-    assert command.startswith("cd /home/u/jobs/j1 && (")
+    assert command.startswith("cd /home/u/jobs/j1 && printf '%s\\n' ")
+    assert " > submit.cmd && (" in command
     assert "> submit.out; rc=$?; cat submit.out; exit $rc)" in command
     assert bash_syntax_ok(command) is True
     if SCRIPT_ON_STDIN[sched.name]:
@@ -156,13 +160,14 @@ def test_status_command_is_one_command_for_many_ids(sched):
     expected = {
         "slurm": [
             "squeue",
+            "-r",
             "-h",
             "-t",
             "all",
             "-j",
             "1,2,3",
             "-O",
-            "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
+            "JobArrayID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
         ],
         "pbs": ["qstat", "-f", "1", "2", "3"],
     }
@@ -840,3 +845,215 @@ def test_sge_cancel_message_names_both_lines():
     with pytest.raises(SchedulerCommandError) as err:
         sched.parse_cancel(*result)
     assert "unable to send message to qmaster" in err.value.message
+
+
+# --- contract: arrays and dependencies ---------------------------------------------------------------
+
+ARRAY_VARIABLE = {"slurm": ("SLURM_ARRAY_TASK_ID", 0), "pbs": ("PBS_ARRAYID", 0), "sge": ("SGE_TASK_ID", 1)}
+
+
+def array_spec(text: str = "0-9:2%3", **kwargs) -> JobSpec:
+    return spec(array=parse_array(text, 10000), **kwargs)
+
+
+def submitted_text(sched, job: JobSpec) -> str:
+    """Everything the scheduler is given: the script and the submit command."""
+    command, _ = sched.submit_command(job, "/home/u/jobs/j1/job.sh")
+    return sched.render_script(job) + "\n" + command
+
+
+def test_array_is_rendered_natively(sched):
+    text = submitted_text(sched, array_spec())
+    expected = {
+        "slurm": ["#SBATCH --array=0-8:2%3"],
+        "pbs": ["-t 0,2,4,6,8%3"],  # Torque's -t takes no step: the stepped range becomes a list
+        "sge": ["#$ -t 1-9:2", "#$ -tc 3"],  # Grid Engine numbers tasks from 1
+    }[sched.name]
+    assert [part for part in expected if part in text] == expected
+    assert bash_syntax_ok(sched.render_script(array_spec())) is True
+
+
+def test_plain_job_has_no_array_or_dependency_options(sched):
+    text = submitted_text(sched, spec())
+    for word in ("--array", " -t ", "-tc", "-J ", "--dependency", "depend=", "-hold_jid", "HPC_ARRAY_TASK_ID"):
+        assert word not in text
+
+
+def test_pbs_pro_flavour_renders_j():
+    pro = PbsScheduler("pbspro")
+    command, _ = pro.submit_command(array_spec(), "/home/u/jobs/j1/job.sh")
+    assert "-J 0-8:2%3" in command
+    assert 'HPC_ARRAY_TASK_ID="${PBS_ARRAY_INDEX:-$SLURM_ARRAY_TASK_ID}"' in pro.render_script(array_spec())
+    with pytest.raises(ValueError):
+        pro.submit_command(array_spec("4"), "/home/u/jobs/j1/job.sh")  # PBS Pro arrays need two subjobs
+    with pytest.raises(ValueError):
+        PbsScheduler("lsf")
+
+
+def test_torque_refuses_a_stepped_range_too_long_for_a_list():
+    with pytest.raises(ValueError):
+        PbsScheduler().submit_command(array_spec("0-9999:2"), "/home/u/jobs/j1/job.sh")
+
+
+def test_get_scheduler_reads_the_pbs_flavour():
+    assert get_scheduler("pbs").flavour == "torque"
+    assert get_scheduler("pbs", {"pbs_flavour": "pbspro"}).flavour == "pbspro"
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_task_runs_under_its_schedulers_variable(sched, tmp_path, index):
+    """The rendered script, run by bash with the scheduler's task variable set: the payload sees the
+    gateway's index and the task's files land under tasks/ and output/."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "payload.sh").write_text('echo "i=$HPC_ARRAY_TASK_ID n=$HPC_ARRAY_TASK_COUNT"; exit 4\n')
+    job = JobSpec(name="t", job_dir=str(job_dir), payload=str(job_dir / "payload.sh"),
+                  array=parse_array("0-9%2", 100))
+    variable, offset = ARRAY_VARIABLE[sched.name]
+    env = {"PATH": "/usr/bin:/bin", variable: str(index + offset), "SLURM_JOB_ID": "77", "JOB_ID": "77"}
+    proc = subprocess.run(["bash", "-c", sched.render_script(job)], env=env, capture_output=True, timeout=20)
+    assert proc.returncode == 4
+    assert (job_dir / "output" / f"{index}.stdout").read_text() == f"i={index} n=10\n"
+    assert (job_dir / "tasks" / f"{index}.exit_code").read_text() == "4\n"
+    started, own = (job_dir / "tasks" / f"{index}.started").read_text().split()
+    assert int(started) <= int((job_dir / "tasks" / f"{index}.ended").read_text())
+    assert own == ("77" if sched.name != "sge" else f"77.{index + 1}")
+    assert not (job_dir / "exit_code").exists()
+
+
+def test_task_without_an_array_variable_stops(sched, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "payload.sh").write_text("touch ran\n")
+    job = JobSpec(name="t", job_dir=str(job_dir), payload=str(job_dir / "payload.sh"), array=parse_array("0-1", 9))
+    env = {"PATH": "/usr/bin:/bin", "SGE_TASK_ID": "undefined"}
+    proc = subprocess.run(["bash", "-c", sched.render_script(job)], env=env, cwd=tmp_path, capture_output=True)
+    assert proc.returncode == 1
+    assert b"no array task id" in proc.stderr
+    assert sorted(p.name for p in job_dir.iterdir()) == ["payload.sh"]
+
+
+def test_dependencies_are_rendered_natively(sched):
+    deps = (NativeDependency("any", "11"), NativeDependency("any", "12"))
+    text = submitted_text(sched, spec(dependencies=deps))
+    expected = {"slurm": "#SBATCH --dependency=afterany:11:12", "pbs": "-W depend=afterany:11:12",
+                "sge": "#$ -hold_jid 11,12"}[sched.name]
+    assert expected in text
+
+
+def test_ok_and_notok_where_the_scheduler_has_them(sched):
+    deps = (NativeDependency("ok", "11"), NativeDependency("notok", "12"), NativeDependency("ok", "13"))
+    if sched.name == "sge":
+        assert sched.native_conditions == frozenset({"any"})
+        with pytest.raises(ValueError):
+            sched.render_script(spec(dependencies=deps))
+        return
+    expected = {"slurm": "--dependency=afterok:11:13,afternotok:12", "pbs": "-W depend=afterok:11:13,afternotok:12"}
+    assert sched.dependency_option(deps) == expected[sched.name]
+
+
+def test_torque_names_array_predecessors_with_array_types():
+    deps = (NativeDependency("ok", "10[].srv", array=True), NativeDependency("ok", "11"))
+    assert PbsScheduler().dependency_option(deps) == "-W depend=afterok:11,afterokarray:10[].srv"
+    assert PbsScheduler("pbspro").dependency_option(deps) == "-W depend=afterok:10[].srv:11"
+
+
+@pytest.mark.parametrize("bad", ["1;id", "$(id)", "1 2", ""])
+def test_dependency_ids_are_validated(sched, bad):
+    with pytest.raises(ValueError):
+        sched.dependency_option([NativeDependency("any", bad)] if bad else [NativeDependency("any", "x")])
+
+
+def test_status_reports_array_tasks_or_says_it_does_not(sched):
+    assert sched.reports_array_tasks is (sched.name != "pbs")
+
+
+# --- captured array and dependency outputs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sched_name", "expected"), [("slurm", "16103"), ("pbs", "16252"), ("sge", "96")])
+def test_array_submission_output(sched_name, expected):
+    sched, _, result = parse(sched_name, "submit_array")
+    assert sched.parse_submit(*result) == expected
+
+
+def tasks_of(sched_name: str, case: str, ids=None) -> dict:
+    sched, fx, result = parse(sched_name, case)
+    found = sched.parse_status(*result, ids or fx["ids"])
+    return {job: {i: (t.state, t.native_state, t.exit_code) for i, t in (s.tasks or {}).items()}
+            for job, s in found.items()}
+
+
+def test_slurm_array_tasks():
+    running = tasks_of("slurm", "status_array_running")
+    assert running["16103"] == {0: (C, "COMPLETED", 0), 1: (F, "FAILED", 3), 2: (C, "COMPLETED", 0),
+                                3: (C, "COMPLETED", 0)}
+    assert running["16158"] == {0: (R, "RUNNING", None), 1: (Q, "PENDING", None), 2: (Q, "PENDING", None),
+                                3: (Q, "PENDING", None)}
+    sched, fx, result = parse("slurm", "status_array_running")
+    waiting = sched.parse_status(*result, fx["ids"])["16158"]
+    assert (waiting.state, waiting.tasks[1].reason) == (R, "JobArrayTaskLimit")
+    assert tasks_of("slurm", "status_array_cancelled")["16158"] == {
+        0: (X, "CANCELLED", 143), 1: (X, "CANCELLED", None), 2: (X, "CANCELLED", None), 3: (X, "CANCELLED", None)}
+
+
+def test_sge_array_tasks_from_qstat_and_accounting():
+    # Task numbers from 1 in Grid Engine are the gateway's indexes from 0.
+    running = tasks_of("sge", "status_array_running")
+    assert running["97"] == {0: (R, "r", None), 1: (Q, "qw", None), 2: (Q, "qw", None), 3: (Q, "qw", None)}
+    assert running["96"] == {2: (R, "r", None), 3: (Q, "qw", None)}  # 0 and 1 had left qstat
+    assert tasks_of("sge", "status_array_done")["96"] == {0: (C, "failed=0", 0), 1: (F, "failed=0", 3),
+                                                        2: (C, "failed=0", 0), 3: (C, "failed=0", 0)}
+    # qdel kills a running task (failed 100, SIGKILL); the tasks that never ran have no record.
+    assert tasks_of("sge", "status_array_cancelled")["97"] == {0: (F, "failed=100", 137)}
+
+
+def test_sge_status_command_looks_up_arrays_in_accounting():
+    command = SgeScheduler().status_command(["5", "6"], arrays=["6"])
+    assert 'gone=" 6 "' in command
+    assert bash_syntax_ok(command) is True
+    assert 'gone=" "' in SgeScheduler().status_command(["5", "6"])
+
+
+def test_pbs_lists_only_the_arrays_own_record():
+    sched, fx, result = parse("pbs", "status_array_running")
+    found = sched.parse_status(*result, fx["ids"])
+    assert {job: (s.state, s.tasks) for job, s in found.items()} == {"16252": (R, None), "16375": (Q, None)}
+
+
+def test_pbs_pro_subjobs_are_tasks_of_their_array():
+    stdout = ("Job Id: 10[].srv\n    job_state = B\n\nJob Id: 10[1].srv\n    job_state = R\n\n"
+              "Job Id: 10[2].srv\n    job_state = Q\n")
+    found = PbsScheduler("pbspro").parse_status(0, stdout, "", ["10[].srv"])
+    assert found["10[].srv"].state is R
+    assert {i: t.state for i, t in found["10[].srv"].tasks.items()} == {1: R, 2: Q}
+
+
+def test_dependency_that_can_never_be_satisfied():
+    sched, fx, result = parse("slurm", "status_dependency_waiting")
+    waiting = sched.parse_status(*result, fx["ids"])["18569"]
+    assert (waiting.state, waiting.reason, sched.never_satisfied(waiting)) == (Q, "Dependency", False)
+    sched, fx, result = parse("slurm", "status_dependency_after_failure")
+    never = sched.parse_status(*result, fx["ids"])["18569"]
+    assert (never.state, never.reason, sched.never_satisfied(never)) == (Q, "DependencyNeverSatisfied", True)
+    # The Torque wrapper shows such a job queued, without a reason; Grid Engine's hold is "any" only.
+    for name, case, job_id, native in [("pbs", "status_dependency_after_failure", "18719", "Q"),
+                                       ("sge", "status_dependency_waiting", "99", "hqw")]:
+        sched, fx, result = parse(name, case)
+        status = sched.parse_status(*result, fx["ids"])[job_id]
+        assert (status.state, status.native_state, sched.never_satisfied(status)) == (Q, native, False)
+
+
+@pytest.mark.parametrize(("sched_name", "option"), [("slurm", None), ("pbs", "-W depend=afterok:18424"),
+                                                    ("sge", None)])
+def test_dependency_submission_was_accepted(sched_name, option):
+    sched, fx, result = parse(sched_name, "submit_dependency")
+    assert sched.parse_submit(*result).isdigit()
+    if option:
+        assert option in fx["command"]
+
+
+def test_pbs_subjob_polled_by_its_own_id():
+    stdout = "Job Id: 10[3].srv\n    job_state = R\n"
+    found = PbsScheduler("pbspro").parse_status(0, stdout, "", ["10[3].srv"])
+    assert {job: s.state for job, s in found.items()} == {"10[3].srv": R}

@@ -4,6 +4,10 @@
 became the built-in template. Each case goes here through the path every submission and every dry run
 takes (``JobService._draft`` then ``JobService._plan``), and the payload script, the batch script and the
 submit command must be the captured ones, byte for byte.
+
+The payload (what runs) is the capture of commit 688a828 unchanged. The batch script's wrapper and the
+submit command were re-captured when job arrays merged (issue 12): the wrapper writes its job files through
+``$hpc_files`` (a task's go under ``tasks/``) and the submit command keeps itself in ``submit.cmd``.
 """
 
 from __future__ import annotations

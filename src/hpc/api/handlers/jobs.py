@@ -32,5 +32,10 @@ def cancel_job(job_id):
     return views.reply(views.job_status(gateway().jobs.cancel(job_id, caller())), 202)
 
 
-def get_job_output(job_id, stream="stdout", offset=0, length=65536):
-    return views.reply(gateway().jobs.output(job_id, caller(), stream, offset, length))
+def get_job_output(job_id, stream="stdout", offset=0, length=65536, task=None):
+    return views.reply(gateway().jobs.output(job_id, caller(), stream, offset, length, task))
+
+
+def list_job_tasks(job_id, state=None, limit=100, offset=0):
+    rows, total = gateway().jobs.tasks(job_id, caller(), state=state, limit=limit, offset=offset)
+    return views.reply(views.page([views.job_task(row) for row in rows], total, limit, offset))
