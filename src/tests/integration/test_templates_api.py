@@ -155,7 +155,7 @@ def test_template_job_runs_the_script_its_dry_run_showed(templated, testbed, inf
     assert shown["resources"] == {"walltime": "00:05:00"}
     assert shown["job_dir"].endswith("/" + shown["job_id"])
     assert shown["payload_path"] == shown["job_dir"] + "/payload.sh"
-    assert f"cd {shown['job_dir']} && (" in shown["submit_command"]  # after any per-infrastructure set-up
+    assert f"cd {shown['job_dir']} && " in shown["submit_command"]  # after any per-infrastructure set-up
     assert "threads=%s\\n' 2\n" in shown["payload"]
 
     again = templated.post("/job/dry_run", {**request, "reservation": shown["reservation"]}, token="user").json()
@@ -173,6 +173,9 @@ def test_template_job_runs_the_script_its_dry_run_showed(templated, testbed, inf
     assert done["template"] == "greet"
     assert cluster_file(testbed, shown["script_path"]) == shown["script"].encode()
     assert cluster_file(testbed, shown["payload_path"]) == shown["payload"].encode()
+    # The scheduler command the submission ran (kept in submit.cmd) is the one the dry run showed.
+    ran = cluster_file(testbed, shown["job_dir"] + "/submit.cmd").decode().strip()
+    assert f"({ran} > submit.out;" in shown["submit_command"]
     out = templated.get(f"/job/{job['id']}/output", token="user").json()["data"]
     assert out == "".join(v + "|" for v in [who, *files]) + "threads=2\n"
     assert ssh(testbed, f"test -e {marker}").returncode == 1
