@@ -433,20 +433,23 @@ class DeliveryRepository:
                 .order_by(d.id).limit(max(limit * 8, 64))
             ).all()
         taken: dict[str, int] = dict(busy)
-        chosen = []
+        wanted = []
         for delivery_id, subscription_id in candidates:
-            if len(chosen) >= limit:
+            if len(wanted) >= limit:
                 break
             if taken.get(subscription_id, 0) >= per_subscription:
                 continue
-            with self.engine.begin() as conn:
-                ok = conn.execute(
-                    self.table.update().where(d.id == delivery_id, d.state == "pending", free)
-                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
-                ).rowcount == 1
-            if ok:
-                taken[subscription_id] = taken.get(subscription_id, 0) + 1
-                chosen.append(delivery_id)
+            taken[subscription_id] = taken.get(subscription_id, 0) + 1
+            wanted.append(delivery_id)
+        if not wanted:
+            return []
+        # One transaction for the whole claim: the condition is checked row by row inside the UPDATE, and
+        # RETURNING names the rows this owner got (another replica may have taken some meanwhile).
+        with self.engine.begin() as conn:
+            chosen = list(conn.execute(
+                self.table.update().where(d.id.in_(wanted), d.state == "pending", free)
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl)).returning(d.id)
+            ).scalars())
         if not chosen:
             return []
         e, s = tables.events.c, tables.subscriptions.c
@@ -468,6 +471,26 @@ class DeliveryRepository:
             return conn.execute(
                 self.table.update().where(d.id == delivery_id, d.lease_owner == owner).values(**values)
             ).rowcount == 1
+
+    def finish_delivered(self, done: list[tuple[int, int, int]], owner: str) -> int:
+        """Marks many deliveries this owner holds as delivered in one transaction: ``(delivery id, attempts,
+        HTTP status)`` each. Their subscriptions' ``last_delivered_at`` is set in the same transaction."""
+        if not done:
+            return 0
+        d, s = self.table.c, tables.subscriptions.c
+        now = utcnow()
+        marked = 0
+        with self.engine.begin() as conn:
+            for (attempts, status), ids in _grouped(done).items():
+                marked += conn.execute(
+                    self.table.update().where(d.id.in_(ids), d.lease_owner == owner)
+                    .values(state="delivered", attempts=attempts, last_status=status, last_error=None, ended_at=now,
+                            lease_owner=None, lease_until=None)
+                ).rowcount
+            subscriptions = conn.execute(sa.select(d.subscription_id).where(d.id.in_([row[0] for row in done]))
+                                         .distinct()).scalars().all()
+            conn.execute(tables.subscriptions.update().where(s.id.in_(subscriptions)).values(last_delivered_at=now))
+        return marked
 
     def release_leases(self, owner: str) -> int:
         d = self.table.c
@@ -500,3 +523,11 @@ class DeliveryRepository:
         d = self.table.c
         with self.engine.begin() as conn:
             return conn.execute(self.table.delete().where(d.state != "pending", d.ended_at < before)).rowcount
+
+
+def _grouped(done: list[tuple[int, int, int]]) -> dict[tuple[int, int], list[int]]:
+    """Delivery ids by (attempts, status): one UPDATE per group (nearly always one group)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for delivery_id, attempts, status in done:
+        groups.setdefault((attempts, status), []).append(delivery_id)
+    return groups
