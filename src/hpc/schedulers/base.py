@@ -170,6 +170,20 @@ class SchedulerCommandError(Exception):
         self.message = message
 
 
+class SchedulerUnavailable(SchedulerCommandError):
+    """The scheduler could not be asked (its controller is down, restarting or overloaded): nothing was
+    decided, and the same request may succeed later. Raised instead of a refusal when the scheduler's
+    own error text matches the adapter's :attr:`Scheduler.transient_errors`."""
+
+
+def refusal(message: str, transient: re.Pattern[str] | None) -> SchedulerCommandError:
+    """The error to raise for the scheduler's ``message``: :class:`SchedulerUnavailable` when it matches
+    ``transient``, else a refusal."""
+    if transient is not None and transient.search(message):
+        return SchedulerUnavailable(message)
+    return SchedulerCommandError(message)
+
+
 class Scheduler(abc.ABC):
     """The protocol every scheduler adapter implements; all methods are pure functions of strings.
 
@@ -196,12 +210,18 @@ class Scheduler(abc.ABC):
 
     Cancelling: :meth:`parse_cancel` accepts "already finished/unknown" as success.
 
+    Refusals: :meth:`parse_submit` and :meth:`parse_cancel` raise :class:`SchedulerUnavailable` (a
+    :class:`SchedulerCommandError`) when the scheduler could not be reached at all (the adapter's
+    :attr:`transient_errors` match its message): the caller retries later instead of failing the job.
+
     Telemetry: ONE :meth:`telemetry_command`; :meth:`parse_telemetry` returns one :class:`Partition`
     per partition/queue. Multi-part commands print a ``@@hpc-rc=N`` line after each part so every
     part's exit code survives in stdout.
     """
 
     name: str
+    # The scheduler's own error texts that mean "not reached, try again" rather than "refused".
+    transient_errors: re.Pattern[str] | None = None
 
     @abc.abstractmethod
     def directives(self, spec: JobSpec) -> list[str]:

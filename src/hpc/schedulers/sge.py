@@ -24,10 +24,10 @@ from hpc.schedulers.base import (
     NativeStatus,
     Partition,
     Scheduler,
-    SchedulerCommandError,
     SchedulerParseError,
     check_directive_value,
     final_state_from_exit_code,
+    refusal,
     message_of,
     sanitize_job_name,
     submit_wrapper,
@@ -98,6 +98,9 @@ PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*")
 ACCOUNTING = '"$SGE_ROOT/${SGE_CELL:-default}/common/accounting"'
 PARALLEL_ENVIRONMENT = "smp"  # one host, all slots together (allocation_rule $pe_slots)
+# qmaster not reached (testbed 8.1.9, sge_qmaster stopped: qsub and qdel print "commlib error: got select
+# error (Connection refused)" and "unable to send message to qmaster ...", rc 1; *_controller_down).
+TRANSIENT = re.compile(r"unable to (send message to|contact) qmaster|commlib error")
 _GONE = re.compile(r'denied: job "[0-9]+" does not exist|job [0-9]+ is already in deletion')
 
 
@@ -148,6 +151,7 @@ class SgeScheduler(Scheduler):
     """Grid Engine through qsub/qstat/qdel and the accounting file; the script is piped to qsub on stdin."""
 
     name = "sge"
+    transient_errors = TRANSIENT
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -184,7 +188,7 @@ class SgeScheduler(Scheduler):
             return lines[-1]
         # Testbed: "Unable to run job: Job was rejected because job requests unknown queue ..." + "Exiting."
         message = "\n".join(line for line in message_of(stdout, stderr).splitlines() if line.strip() != "Exiting.")
-        raise SchedulerCommandError(message or message_of(stdout, stderr))
+        raise refusal(message or message_of(stdout, stderr), TRANSIENT)
 
     def status_command(self, ids: Sequence[str]) -> str:
         # qstat lists the user's pending and running jobs; the ids it does not list are looked up in the
@@ -260,7 +264,7 @@ class SgeScheduler(Scheduler):
         if exit_code == 0 or (lines and all(_GONE.search(line) or "for deletion" in line for line in lines)):
             return
         # qmaster down: the cause is on stderr ("commlib error ...") and the consequence on stdout.
-        raise SchedulerCommandError("\n".join(line.strip() for line in lines)[:2000] or message_of(stdout, stderr))
+        raise refusal("\n".join(line.strip() for line in lines)[:2000] or message_of(stdout, stderr), TRANSIENT)
 
     def telemetry_command(self) -> str:
         return f"qstat -f -xml -r -u {quote('*')}"

@@ -12,11 +12,11 @@ from hpc.schedulers.base import (
     NativeStatus,
     Partition,
     Scheduler,
-    SchedulerCommandError,
     SchedulerParseError,
     check_directive_value,
     is_terminal,
     message_of,
+    refusal,
     none_if_unset,
     sanitize_job_name,
     signal_exit,
@@ -63,6 +63,14 @@ JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?(\+[0-9]+)?")
 SUBMIT_ID = re.compile(r"([0-9]+)(;\S+)?")  # sbatch --parsable prints "id" or "id;cluster"
 # Benign "already gone" texts of scancel (printed only with -v; rc stays 0 on 22.05).
 _GONE = ("Invalid job id specified", "Job/step already completing or completed")
+# Slurm's own texts (slurm_strerror, src/common/slurm_errno.c) for a controller that is down, restarting
+# or overloaded: the request was not decided. Testbed 22.05, slurmctld stopped: sbatch rc 1 "Batch job
+# submission failed: Unable to contact slurm controller (connect failure)", scancel rc 8 "Kill job error
+# on job id N: Unable to contact ..." (fixtures *_controller_down).
+TRANSIENT = re.compile(
+    r"Unable to contact slurm controller|Socket timed out on send/recv operation"
+    r"|Slurm temporarily unable to accept job|Slurm backup controller in standby mode"
+)
 
 
 def wait_status_exit(raw: int) -> int:
@@ -95,6 +103,7 @@ class SlurmScheduler(Scheduler):
     """Slurm through sbatch/squeue/scancel/sinfo; the script is piped to sbatch on stdin."""
 
     name = "slurm"
+    transient_errors = TRANSIENT
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -125,7 +134,7 @@ class SlurmScheduler(Scheduler):
         lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
         match = SUBMIT_ID.fullmatch(lines[-1]) if lines else None
         if exit_code != 0 or match is None:
-            raise SchedulerCommandError(message_of(stdout, stderr))
+            raise refusal(message_of(stdout, stderr), TRANSIENT)
         return match.group(1)
 
     def status_command(self, ids: Sequence[str]) -> str:
@@ -188,7 +197,7 @@ class SlurmScheduler(Scheduler):
         lines = [line for line in message_of(stdout, stderr).splitlines() if line.strip()]
         if all(any(text in line for text in _GONE) for line in lines):
             return
-        raise SchedulerCommandError(message_of(stdout, stderr))
+        raise refusal(message_of(stdout, stderr), TRANSIENT)
 
     def telemetry_command(self) -> str:
         return with_rc_marks(

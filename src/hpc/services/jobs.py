@@ -42,6 +42,7 @@ from hpc.schedulers import (
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
+    SchedulerUnavailable,
     advance,
     final_state_from_exit_code,
     get_scheduler,
@@ -578,6 +579,9 @@ class JobService:
             return
         try:
             scheduler_id = scheduler.parse_submit(result.exit_code, result.stdout, result.stderr)
+        except SchedulerUnavailable as exc:  # nothing was decided: the controller is down or busy
+            self._retry_submission(row, f"the scheduler is unavailable: {exc.message}")
+            return
         except SchedulerCommandError as exc:
             log.info("job %s: the scheduler refused it: %s", job_id, exc.message)
             self._end(row, "failed", reason=f"the scheduler refused the job: {exc.message}")

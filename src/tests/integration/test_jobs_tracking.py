@@ -107,6 +107,24 @@ def test_controller_down_keeps_state_and_tracking_resumes(registered, infra, con
 
 
 @pytest.mark.slow
+def test_submission_waits_while_slurmctld_is_down(registered):
+    """sbatch answering "Unable to contact slurm controller" is not a refusal: the job stays submitting
+    with the cause in its reason, and is submitted once the controller is back."""
+    ctl = ["bash", str(REPO / "testbed" / "ctl.sh")]
+    subprocess.run([*ctl, "stop", "slurmctld"], check=True)
+    try:
+        job = submit(registered, "tb-slurm", script="exit 0\n", name="patient")
+        waiting = wait_job(registered, job["id"], timeout=90,
+                           until=lambda j: "Unable to contact slurm controller" in (j["reason"] or ""))
+        assert waiting["state"] == "submitting"
+        assert waiting["reason"].startswith("waiting to submit: the scheduler is unavailable: ")
+    finally:
+        subprocess.run([*ctl, "start", "slurmctld"], check=True)
+    ended = wait_job(registered, job["id"], timeout=150)
+    assert (ended["state"], ended["exit_code"]) == ("completed", 0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_two_replicas_on_one_store_never_double_submit(gateway_factory, testbed, request, database):
     """Two gateway processes share one database: work is claimed from the store, not held in memory."""

@@ -16,6 +16,7 @@ from hpc.schedulers import (
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
+    SchedulerUnavailable,
     get_scheduler,
 )
 from hpc.schedulers.pbs import PbsScheduler
@@ -536,6 +537,48 @@ def test_submit_refusals(sched_name, case, message):
     with pytest.raises(SchedulerCommandError) as err:
         sched.parse_submit(*result)
     assert err.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case"),
+    [(s, c) for s in NAMES for c in ("submit_controller_down", "cancel_controller_down")],
+)
+def test_controller_down_is_unavailable_not_a_refusal(sched_name, case):
+    """Captured with the controller stopped: nothing was decided, so the caller retries later."""
+    sched, _, result = parse(sched_name, case)
+    method = sched.parse_submit if case.startswith("submit_") else sched.parse_cancel
+    with pytest.raises(SchedulerUnavailable) as err:
+        method(*result)
+    assert sched.transient_errors.search(err.value.message) is not None
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case"),
+    [(s, c) for s in NAMES for c in ("submit_bad_partition", "submit_over_limit")] + [("pbs", "submit_pbspro_bad_queue")],
+)
+def test_real_refusals_are_not_unavailable(sched_name, case):
+    sched, _, result = parse(sched_name, case)
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_submit(*result)
+    assert type(err.value) is SchedulerCommandError
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "stderr", "stdout"),
+    [
+        # slurm_strerror texts (src/common/slurm_errno.c) of a controller that is restarting or overloaded.
+        ("slurm", "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n", ""),
+        ("slurm", "sbatch: error: Batch job submission failed: Slurm temporarily unable to accept job, "
+                  "sleeping and retrying\n", ""),
+        ("slurm", "sbatch: error: Batch job submission failed: Slurm backup controller in standby mode\n", ""),
+        ("pbs", "", "There was an error running the Slurm sbatch command.\nand the output was:\n"
+                    "'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n'\n"),
+        ("pbs", "Connection refused\nqsub: cannot connect to server pbs.example (errno=15010)\n", ""),
+    ],
+)
+def test_submit_transient_texts(sched_name, stderr, stdout):
+    with pytest.raises(SchedulerUnavailable):
+        get_scheduler(sched_name).parse_submit(1, stdout, stderr)
 
 
 def test_slurm_hostile_partition_reaches_sbatch_verbatim():
