@@ -222,6 +222,17 @@ class Scheduler(abc.ABC):
     name: str
     # The scheduler's own error texts that mean "not reached, try again" rather than "refused".
     transient_errors: re.Pattern[str] | None = None
+    # Capabilities, checked by :meth:`unsupported` when a job is accepted (so a request the adapter
+    # cannot express is refused up front, naming the field, instead of failing at submission).
+    max_nodes: int | None = None  # most nodes one job may span; None: no limit known to the adapter
+    max_nodes_why: str = ""  # why, in the scheduler's words, for the caller
+
+    def unsupported(self, resources: Resources) -> tuple[str, str] | None:
+        """``(field, why)`` of the first of ``resources`` this adapter cannot express, else None."""
+        if self.max_nodes is not None and resources.nodes is not None and resources.nodes > self.max_nodes:
+            why = f": {self.max_nodes_why}" if self.max_nodes_why else ""
+            return "nodes", f"{self.name} jobs span at most {self.max_nodes} node(s), not {resources.nodes}{why}"
+        return None
 
     @abc.abstractmethod
     def directives(self, spec: JobSpec) -> list[str]:

@@ -152,11 +152,14 @@ class SgeScheduler(Scheduler):
 
     name = "sge"
     transient_errors = TRANSIENT
+    max_nodes = 1
+    max_nodes_why = f"Grid Engine jobs run on one host (parallel environment {PARALLEL_ENVIRONMENT})"
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
-        if res.nodes and res.nodes > 1:
-            raise ValueError("Grid Engine jobs run on one host (parallel environment smp): nodes must be 1")
+        problem = self.unsupported(res)
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         slots = (res.tasks or 1) * (res.cpus_per_task or 1)
         opts = [
             "-S /bin/bash",

@@ -400,9 +400,15 @@ class JobService:
 
     @staticmethod
     def _resources(values: dict[str, Any], infra: dict[str, Any], kind: str) -> Resources:
-        """Typed resources; SERRANO jobs start from the infrastructure's ``serrano_resources``."""
+        """Typed resources; SERRANO jobs start from the infrastructure's ``serrano_resources``. Refused
+        (InvalidInput naming the field) when the infrastructure's scheduler adapter cannot express them."""
         defaults = (infra["settings"] or {}).get("serrano_resources") if kind == "serrano" else None
-        return resources_of(values, defaults)
+        resources = resources_of(values, defaults)
+        problem = get_scheduler(infra["scheduler"]).unsupported(resources)
+        if problem:
+            field, why = problem
+            raise InvalidInput(f"resources.{field}: {why} (infrastructure {infra['name']})", f"resources.{field}")
+        return resources
 
     def get(self, job_id: str, principal: Principal) -> dict[str, Any]:
         row = self.store.jobs.get(str(job_id))
@@ -567,6 +573,9 @@ class JobService:
                 return
             self._count(infra["name"], "submit")
             result = self.infrastructures.run(infra, plan.command, stdin=plan.stdin, action="submitting the job")
+        except InvalidInput as exc:  # e.g. the infrastructure now has a scheduler that cannot run this job
+            self._end(row, "failed", reason=f"the job cannot be submitted to {infra['name']}: {exc.detail}")
+            return
         except DomainError as exc:
             self._retry_submission(row, exc.detail)
             return
