@@ -208,6 +208,10 @@ class Scheduler(abc.ABC):
     exception; :class:`SchedulerParseError` means the whole output is unusable. Apply :func:`advance`
     so states only move forward.
 
+    Before submitting a job again (its earlier attempt left ``job_dir`` but no id in ``submit.out``), the
+    caller asks :meth:`lookup_command` / :meth:`parse_lookup` whether the scheduler has a job from that
+    directory: a submission whose answer timed out may have been accepted.
+
     Cancelling: :meth:`parse_cancel` accepts "already finished/unknown" as success.
 
     Refusals: :meth:`parse_submit` and :meth:`parse_cancel` raise :class:`SchedulerUnavailable` (a
@@ -265,6 +269,16 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def parse_cancel(self, exit_code: int, stdout: str, stderr: str) -> None:
         """Raise :class:`SchedulerCommandError` on a real refusal; jobs already gone are fine."""
+
+    def lookup_command(self, job_dir: str) -> str | None:
+        """One command finding the job submitted from ``job_dir`` whose answer was lost (a submission
+        that timed out after the scheduler accepted it prints no id); None when the adapter has none."""
+        return None
+
+    def parse_lookup(self, exit_code: int, stdout: str, stderr: str, job_dir: str) -> str | None:
+        """The scheduler id of the job submitted from ``job_dir``, or None when there is none; raises
+        :class:`SchedulerParseError` when the scheduler could not be asked (it is then unknown)."""
+        return None
 
     @abc.abstractmethod
     def telemetry_command(self) -> str:

@@ -60,6 +60,8 @@ STATES: dict[str, JobState] = {
 # Reason is last because it is free text ("ReqNodeNotAvail, UnavailableNodes:localhost").
 STATUS_FORMAT = "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|"
 JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?(\+[0-9]+)?")
+# Jobs of the user with the directory sbatch ran in (the submit wrapper cds into the job directory).
+LOOKUP_FORMAT = "JobID:|,WorkDir:|"
 SUBMIT_ID = re.compile(r"([0-9]+)(;\S+)?")  # sbatch --parsable prints "id" or "id;cluster"
 # Benign "already gone" texts of scancel (printed only with -v; rc stays 0 on 22.05).
 _GONE = ("Invalid job id specified", "Job/step already completing or completed")
@@ -136,6 +138,28 @@ class SlurmScheduler(Scheduler):
         if exit_code != 0 or match is None:
             raise refusal(message_of(stdout, stderr), TRANSIENT)
         return match.group(1)
+
+    def lookup_command(self, job_dir: str) -> str | None:
+        # First line: the directory as sbatch's getcwd() saw it (symlinks resolved), empty when it does not
+        # exist (then nothing was submitted from it). -t all: also jobs that already ended (MinJobAge).
+        return (f"(cd {quote(job_dir)} 2>/dev/null && pwd -P || echo); "
+                f"squeue --me -h -t all -O {quote(LOOKUP_FORMAT)}")
+
+    def parse_lookup(self, exit_code: int, stdout: str, stderr: str, job_dir: str) -> str | None:
+        lines = (stdout or "").splitlines()
+        physical = lines[0].strip() if lines else ""
+        if not physical:
+            return None
+        if exit_code != 0:
+            raise SchedulerParseError(message_of("\n".join(lines[1:]), stderr))
+        found = set()
+        for line in lines[1:]:
+            job_id, sep, workdir = line.partition("|")
+            if sep and workdir.removesuffix("|") in (job_dir, physical) and JOB_ID.fullmatch(job_id.strip()):
+                found.add(int(re.split(r"[_+]", job_id.strip())[0]))
+        if len(found) > 1:
+            log.warning("squeue: several jobs ran from %s: %s", job_dir, sorted(found))
+        return str(min(found)) if found else None
 
     def status_command(self, ids: Sequence[str]) -> str:
         # -t all: finished jobs are listed (until MinJobAge) only with it, also with -j.

@@ -616,14 +616,25 @@ class JobService:
                                next_poll_at=utcnow() + timedelta(seconds=delay), lease_owner=None, lease_until=None)
 
     def _adopt(self, infra, scheduler, job_dir: str) -> str | None:
-        """The scheduler id an earlier, interrupted submission left in ``submit.out``, if any."""
+        """The scheduler id an earlier, interrupted submission left in ``submit.out``, else the id of a job
+        the scheduler has from ``job_dir`` (a submission whose answer was lost, e.g. Slurm's "Socket timed
+        out on send/recv operation" after it accepted the job), if any. ClusterUnavailable when that
+        cannot be known: submitting again could run the job twice."""
         result = self.infrastructures.run(infra, f"cat {quote(job_dir + '/submit.out')}", action="reconciling")
-        if result.exit_code != 0 or not result.stdout.strip():
+        if result.exit_code == 0 and result.stdout.strip():
+            try:
+                return scheduler.parse_submit(0, result.stdout, "")
+            except SchedulerCommandError:
+                pass
+        command = scheduler.lookup_command(job_dir)
+        if command is None:
             return None
+        found = self.infrastructures.run(infra, command, action="looking for an earlier submission")
         try:
-            return scheduler.parse_submit(0, result.stdout, "")
-        except SchedulerCommandError:
-            return None
+            return scheduler.parse_lookup(found.exit_code, found.stdout, found.stderr, job_dir)
+        except SchedulerParseError as exc:
+            raise ClusterUnavailable(f"cannot tell whether the earlier submission reached the scheduler: {exc}"
+                                     ) from None
 
     @staticmethod
     def _home_key(infra: dict[str, Any]) -> tuple:

@@ -581,6 +581,34 @@ def test_submit_transient_texts(sched_name, stderr, stdout):
         get_scheduler(sched_name).parse_submit(1, stdout, stderr)
 
 
+def test_slurm_lookup_finds_the_job_submitted_from_a_directory():
+    """Captured: a submission whose answer was lost is found by the directory sbatch ran in."""
+    sched, fx, result = parse("slurm", "lookup_found")
+    assert sched.lookup_command(fx["job_dir"]) == fx["command"]
+    assert sched.parse_lookup(*result, fx["job_dir"]) == fx["roles"]["down"]
+    rc, out, err = result
+    without = "\n".join(line for line in out.splitlines() if not line.startswith(fx["roles"]["down"] + "|"))
+    assert sched.parse_lookup(rc, without, err, fx["job_dir"]) is None
+
+
+def test_slurm_lookup_matches_the_physical_directory_and_the_base_id():
+    out = "/data/u/jobs/j1\n7|/data/u/jobs/j10|\n8_3|/data/u/jobs/j1|\n8_4|/data/u/jobs/j1|\n"
+    assert SlurmScheduler().parse_lookup(0, out, "", "/home/u/jobs/j1") == "8"  # /home -> /data symlink
+
+
+def test_slurm_lookup_of_a_missing_directory_is_nothing_and_a_down_controller_is_unknown():
+    sched, fx, result = parse("slurm", "lookup_no_directory")
+    assert sched.parse_lookup(*result, fx["job_dir"]) is None
+    sched, fx, result = parse("slurm", "lookup_controller_down")
+    with pytest.raises(SchedulerParseError):
+        sched.parse_lookup(*result, fx["job_dir"])
+
+
+@pytest.mark.parametrize("name", ["pbs", "sge"])
+def test_adapters_without_a_lookup(name):
+    assert get_scheduler(name).lookup_command("/j") is None
+
+
 def test_slurm_hostile_partition_reaches_sbatch_verbatim():
     # Captured: sbatch's #SBATCH tokenizer undoes quote() exactly, so the partition comes back unchanged.
     sched, _, result = parse("slurm", "submit_hostile_partition")
