@@ -2,6 +2,9 @@
 
     hpc-gateway serve [--config FILE] [--host H] [--port P]   run the gateway
     hpc-gateway token NAME [--role admin|user]                a new API token and the hash to configure
+    hpc-gateway token create|list|show|revoke                 tokens made through the API (admin)
+    hpc-gateway audit [--since 2h] [--action A]               the audit log (admin)
+    hpc-gateway subscription create|list|show|delete          webhook subscriptions
     hpc-gateway infra  add|list|show|patch|rm|telemetry       infrastructures
     hpc-gateway job    submit|list|show|cancel|logs|wait      jobs (submit --dry-run: what would be sent)
     hpc-gateway template add|list|show|rm                     job templates
@@ -247,26 +250,6 @@ def serve(args: tuple[str, ...]) -> int:
     from hpc.api.run import main as run
 
     return run(list(args))
-
-
-@cli.command()
-@click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print token and hash as JSON.")
-def token(name: str, role: str, as_json: bool) -> int:
-    """Make a new API token for NAME, and the salted hash the gateway is configured with."""
-    from hpc.security import hash_token, new_token
-
-    secret = new_token()
-    hashed = hash_token(secret)
-    if as_json or _settings().as_json:
-        emit_json({"name": name, "role": role, "token": secret, "hash": hashed,
-                   "env": f"HPC_TOKENS={name}:{role}:{hashed}"})
-        return EXIT_OK
-    click.echo(f"token: {secret}")
-    click.echo(f"configure: {{name: {name}, role: {role}, hash: '{hashed}'}}")
-    click.echo(f"or in the environment: HPC_TOKENS={name}:{role}:{hashed}")
-    return EXIT_OK
 
 
 # -- infrastructures -------------------------------------------------------------------------------------
@@ -1153,6 +1136,228 @@ def events(follow: bool, jobs: tuple[str, ...], transfers: tuple[str, ...], kind
         else:
             click.echo(_event_line(event))
         sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- tokens, audit log, webhook subscriptions -----------------------------------------------------------
+# Secrets (a new token, a subscription's signing secret) are printed once, on stdout, in the answer that
+# made them, and nowhere else: never on stderr, in a table or in an error message.
+
+
+class _TokenGroup(click.Group):
+    """``token NAME [--role R]`` without a subcommand keeps its old meaning: ``token config NAME``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["config", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=_TokenGroup)
+def token() -> None:
+    """Tokens made through the API (create, list, show, revoke: admin), or a configured one (config).
+
+    \b
+    'token NAME --role R' (no subcommand) is 'token config NAME --role R'.
+    """
+
+
+@token.command("config")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print token and hash as JSON.")
+def token_config(name: str, role: str, as_json: bool) -> int:
+    """Make a new API token for NAME, and the salted hash the gateway is configured with (offline)."""
+    from hpc.security import hash_token, new_token
+
+    secret = new_token()
+    hashed = hash_token(secret)
+    if as_json or _settings().as_json:
+        emit_json({"name": name, "role": role, "token": secret, "hash": hashed,
+                   "env": f"HPC_TOKENS={name}:{role}:{hashed}"})
+        return EXIT_OK
+    click.echo(f"token: {secret}")
+    click.echo(f"configure: {{name: {name}, role: {role}, hash: '{hashed}'}}")
+    click.echo(f"or in the environment: HPC_TOKENS={name}:{role}:{hashed}")
+    return EXIT_OK
+
+
+TOKEN_COLUMNS = [
+    ("ID", "id"), ("NAME", "name"), ("ROLE", "role"), ("STATE", "state"), ("BY", "created_by"),
+    ("CREATED", lambda r: _short_time(r.get("created_at"))), ("EXPIRES", lambda r: _short_time(r.get("expires_at"))),
+]
+_DURATION = re.compile(r"^([0-9]{1,6})([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _moment(value: str | None, option: str, *, future: bool) -> str | None:
+    """An ISO 8601 time as given, or a duration (``90m``, ``12h``, ``7d``) from now (ahead or back)."""
+    from datetime import datetime, timedelta, timezone
+
+    if value is None:
+        return None
+    match = _DURATION.match(value.strip())
+    if match:
+        delta = timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)])
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        return (now + delta if future else now - delta).isoformat().replace("+00:00", "Z")
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("expected an ISO 8601 time (2026-01-01T00:00:00Z) or a duration (30m, 12h, 7d)",
+                                 param_hint=option) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter("give the time zone, e.g. 2026-01-01T00:00:00Z", param_hint=option)
+    return moment.isoformat()
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@click.option("--expires", metavar="TIME|DURATION", help="When it stops working: ISO time, or 12h, 30d from now.")
+@client_options
+def token_create(name: str, role: str, expires: str | None) -> int:
+    """Make a token for principal NAME through the gateway (admin); its secret is shown once."""
+    record = _settings().client.create_token(name, role, expires_at=_moment(expires, "--expires", future=True))
+
+    def human(r: Mapping[str, Any]) -> None:
+        show_mapping({key: value for key, value in r.items() if key != "token"})
+        click.echo(f"token: {r['token']}")
+        click.echo("(shown once: the gateway keeps only a salted hash)")
+
+    emit(record, human)
+    return EXIT_OK
+
+
+@token.command("list")
+@click.option("--active", "active_only", is_flag=True, help="Leave out revoked tokens.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def token_list(active_only: bool, limit: int, offset: int) -> int:
+    """List the tokens made through the API (admin), newest first; never their secrets."""
+    page = _settings().client.list_tokens(include_revoked=False if active_only else None, limit=limit, offset=offset)
+    emit(page, lambda p: show_table(p["items"], TOKEN_COLUMNS, "no token"))
+    return EXIT_OK
+
+
+@token.command("show")
+@click.argument("token_id", metavar="ID")
+@client_options
+def token_show(token_id: str) -> int:
+    """Show one token made through the API (admin)."""
+    emit(_settings().client.get_token(token_id), show_mapping)
+    return EXIT_OK
+
+
+@token.command("revoke")
+@click.argument("token_ids", nargs=-1, required=True, metavar="ID...")
+@client_options
+def token_revoke(token_ids: tuple[str, ...]) -> int:
+    """Revoke tokens (admin): refused everywhere within a second; their event streams end."""
+    client = _settings().client
+    records = [client.revoke_token(token_id) for token_id in token_ids]
+    if _settings().as_json:
+        emit_json(records if len(records) > 1 else records[0])
+    else:
+        for record in records:
+            click.echo(f"revoked {record['id']} ({record['name']}, {record['role']})")
+    return EXIT_OK
+
+
+AUDIT_COLUMNS = [
+    ("AT", lambda r: _short_time(r.get("at"))), ("ACTION", "action"), ("PRINCIPAL", "principal"),
+    ("CREDENTIAL", "credential"), ("TARGET", "target"),
+    ("DETAILS", lambda r: json.dumps(r["details"], sort_keys=True) if r.get("details") else ""),
+]
+
+
+@cli.command("audit")
+@click.option("--since", metavar="TIME|DURATION", help="Only actions at or after: ISO time, or 2h, 7d ago.")
+@click.option("--action", help="Only this action, e.g. token.revoke, infrastructure.register.")
+@click.option("--principal", help="Only the actions of this principal.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def audit(since: str | None, action: str | None, principal: str | None, limit: int, offset: int) -> int:
+    """Administrative actions (admin), newest first: who did what to what, and when."""
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], AUDIT_COLUMNS, "no action recorded")
+        if page["total"] > len(page["items"]):
+            click.echo(f"({len(page['items'])} of {page['total']}; --offset {offset + len(page['items'])} for more)")
+
+    emit(_settings().client.audit(action=action, principal=principal, since=_moment(since, "--since", future=False),
+                                  limit=limit, offset=offset), human)
+    return EXIT_OK
+
+
+@cli.group()
+def subscription() -> None:
+    """Webhook subscriptions: events POSTed, signed, to a URL (create, list, show, delete)."""
+
+
+SUBSCRIPTION_COLUMNS = [
+    ("ID", "id"), ("URL", "url"), ("TYPES", lambda r: ",".join(r.get("types") or []) or "all"),
+    ("DELIVERED", lambda r: (r.get("deliveries") or {}).get("delivered", "")),
+    ("DEAD", lambda r: (r.get("deliveries") or {}).get("dead", "")), ("LAST ERROR", "last_error"),
+]
+
+
+@subscription.command("create")
+@click.argument("target_url", metavar="URL")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only these types: job.state, job.output, transfer.state, transfer.progress (repeatable).")
+@click.option("--job", "jobs", multiple=True, metavar="ID", help="Only this job's events (repeatable).")
+@click.option("--transfer", "transfers", multiple=True, metavar="ID", help="Only this transfer's events (repeatable).")
+@client_options
+def subscription_create(target_url: str, types: tuple[str, ...], jobs: tuple[str, ...],
+                        transfers: tuple[str, ...]) -> int:
+    """Have the gateway POST matching events to URL; the signing secret is shown once."""
+    record = _settings().client.create_subscription(target_url, types=list(types) or None,
+                                                    resource_ids=list(jobs + transfers) or None)
+
+    def human(r: Mapping[str, Any]) -> None:
+        show_mapping({key: value for key, value in r.items() if key != "secret"})
+        click.echo(f"secret: {r['secret']}")
+        click.echo("(shown once: check each delivery's X-HPC-Signature with it)")
+
+    emit(record, human)
+    return EXIT_OK
+
+
+@subscription.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def subscription_list(limit: int, offset: int) -> int:
+    """List your webhook subscriptions (an admin: all), newest first."""
+    emit(_settings().client.list_subscriptions(limit=limit, offset=offset),
+         lambda page: show_table(page["items"], SUBSCRIPTION_COLUMNS, "no subscription"))
+    return EXIT_OK
+
+
+@subscription.command("show")
+@click.argument("subscription_id", metavar="ID")
+@client_options
+def subscription_show(subscription_id: str) -> int:
+    """Show a subscription: delivery counts, the last error, the latest dead letters."""
+    emit(_settings().client.get_subscription(subscription_id), show_mapping)
+    return EXIT_OK
+
+
+@subscription.command("delete")
+@click.argument("subscription_ids", nargs=-1, required=True, metavar="ID...")
+@client_options
+def subscription_delete(subscription_ids: tuple[str, ...]) -> int:
+    """Delete subscriptions: no more deliveries; undelivered ones are dropped."""
+    client = _settings().client
+    for subscription_id in subscription_ids:
+        client.delete_subscription(subscription_id)
+        if not _settings().as_json:
+            click.echo(f"deleted {subscription_id}")
+    if _settings().as_json:
+        emit_json({"deleted": list(subscription_ids)})
     return EXIT_OK
 
 

@@ -108,6 +108,7 @@ class Config:
     event_queue_size: int = 1024  # events buffered per SSE subscriber before it is dropped as stalled
     event_send_timeout: float = 30.0  # seconds one SSE write may wait for a client that does not read
     event_max_subscribers: int = 2000  # SSE streams open at once in this process
+    event_token_recheck: float = 5.0  # seconds between re-checks of an open SSE stream's token (revoked: ended)
     # Prometheus metrics (hpc.services.metrics). Port 0: /metrics on the API's port, for admin tokens only;
     # another port: served there without a token (bind it where only the scraper reaches), and the API's
     # /metrics answers 404.
@@ -290,6 +291,7 @@ _CONVERTERS = {
     "event_queue_size": int,
     "event_send_timeout": float,
     "event_max_subscribers": int,
+    "event_token_recheck": _positive,
     "metrics_listen_port": int,
     "token_cache_seconds": float,
     "ready_timeout": float,

@@ -18,6 +18,13 @@ A client that stops reading is dropped, memory bounded: its queue holds at most 
 events (references to shared frames) and a write that waits more than ``event_send_timeout`` for the
 client ends the stream; uvicorn's own buffer is bounded by its flow control (writes wait for the socket
 to drain). A comment line every ``event_heartbeat`` seconds keeps idle connections (and proxies) open.
+
+A stream lives no longer than its credential: every ``event_token_recheck`` seconds the token it was
+opened with goes through the gateway's one check again (the same remembered verdicts and revocation
+generation as every request, so a re-check costs a store read at most once per ``token_cache_seconds``
+per process). A revoked or expired token ends the stream, with a comment line saying why, within
+``event_token_recheck`` plus ``token_cache_seconds``; a store that cannot be read keeps it open (as a
+store outage keeps the reader going), and the next re-check decides.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class Subscriber:
         self.task = task
         self.dropped: str | None = None
         self.gone = False
+        self.refused: str | None = None  # its credential is no longer valid: the stream ends cleanly
 
     def offer(self, event_id: int, frame: bytes) -> bool:
         """Queues an event; a full queue drops the subscriber. False if it was dropped."""
@@ -177,8 +185,10 @@ class EventStream:
     """ASGI middleware serving ``GET /events`` in front of ``app``."""
 
     def __init__(self, app, *, service: EventService, hub: EventHub, auth_enabled: bool, authenticate: Authenticate,
-                 queue_size: int, heartbeat: float, send_timeout: float, max_subscribers: int):
+                 queue_size: int, heartbeat: float, send_timeout: float, max_subscribers: int,
+                 token_recheck: float = 5.0):
         self.app = app
+        self.token_recheck = token_recheck
         self.service = service
         self.hub = hub
         self.auth_enabled = auth_enabled
@@ -202,16 +212,18 @@ class EventStream:
                 return
         await self.app(scope, receive, send)
 
-    def _parse(self, scope) -> tuple[EventFilter, int | None, bool] | None:
-        """The stream's filter, resume point and mode; None for anything Connexion should answer."""
+    def _parse(self, scope) -> tuple[EventFilter, int | None, bool, str | None] | None:
+        """The stream's filter, resume point, mode and token; None for anything Connexion should answer."""
         headers = dict(scope["headers"])
         principal = ANONYMOUS_ADMIN
+        token = None
         if self.auth_enabled:
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return None
+            token = token.strip()
             try:
-                principal = self._authenticate(token.strip())
+                principal = self._authenticate(token)
             except (AuthenticationFailed, Unavailable):
                 return None  # Connexion answers, with the reason
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -234,11 +246,13 @@ class EventStream:
         follow = query.get("follow", ["true"])[-1].lower()
         if follow not in ("true", "false", "1", "0"):
             return None
-        return where, int(resume) if resume else None, follow in ("true", "1")
+        return where, int(resume) if resume else None, follow in ("true", "1"), token
 
-    async def _serve(self, where: EventFilter, cursor: int | None, follow: bool, receive, send) -> None:
+    async def _serve(self, where: EventFilter, cursor: int | None, follow: bool, token: str | None,
+                     receive, send) -> None:
         subscriber = Subscriber(where, self.queue_size, asyncio.current_task())
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
+        checker = asyncio.create_task(self._recheck_token(token, subscriber)) if token is not None else None
         self.hub.counters["streams"] += 1
         try:
             if cursor is None and follow:
@@ -278,12 +292,41 @@ class EventStream:
         except (asyncio.CancelledError, _Gone):
             if not (subscriber.dropped or subscriber.gone):
                 raise
-            if subscriber.dropped:
+            if subscriber.refused and not subscriber.gone:
+                self.hub.counters["ended_credential"] += 1
+                log.info("event stream ended: %s", subscriber.refused)
+                await self._finish(send, f": {subscriber.refused}; the stream ends\n\n".encode())
+            elif subscriber.dropped:
                 self.hub.counters["dropped_streams"] += 1
                 log.info("event stream dropped: %s", subscriber.dropped)
         finally:
             self.hub.unregister(subscriber)
             watcher.cancel()
+            if checker is not None:
+                checker.cancel()
+
+    async def _recheck_token(self, token: str, subscriber: Subscriber) -> None:
+        """Ends the stream once ``token`` no longer passes the gateway's check (revoked, expired)."""
+        while True:
+            await asyncio.sleep(self.token_recheck)
+            try:
+                await self.hub.run(self._authenticate, token)
+            except AuthenticationFailed as exc:
+                subscriber.refused = f"the token is no longer valid ({exc.kind})"
+                subscriber.drop(subscriber.refused)
+                return
+            except Unavailable:  # the store cannot be read: not a verdict; the next re-check decides
+                continue
+
+    async def _finish(self, send, data: bytes) -> None:
+        """Says why and completes the response, if the client still reads (bounded by send_timeout)."""
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}),
+                                   self.send_timeout)
+            await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
+                                   self.send_timeout)
+        except (asyncio.TimeoutError, OSError):
+            pass
 
     async def _catch_up(self, send, subscriber: Subscriber, cursor: int) -> int:
         """Sends the stored events after ``cursor`` until the hub's fan-out covers the rest; the last id
@@ -341,4 +384,5 @@ def event_stream(app, gateway) -> EventStream:
     return EventStream(app, service=gateway.events, hub=hub, auth_enabled=config.auth_enabled,
                        authenticate=gateway.authenticate,
                        queue_size=config.event_queue_size, heartbeat=config.event_heartbeat,
-                       send_timeout=config.event_send_timeout, max_subscribers=config.event_max_subscribers)
+                       send_timeout=config.event_send_timeout, max_subscribers=config.event_max_subscribers,
+                       token_recheck=config.event_token_recheck)

@@ -39,6 +39,7 @@ from hpc.client.records import (
     Page,
     Subscription,
     Template,
+    Token,
     TransferKind,
     TransferStatus,
 )
@@ -571,6 +572,32 @@ class Client:
     def delete_subscription(self, subscription_id: str) -> None:
         """DELETE /subscription/{id}: no more deliveries; undelivered ones are dropped."""
         self.request("DELETE", f"/subscription/{_segment(subscription_id)}")
+
+    # -- tokens and the audit log (admins) -------------------------------------------------------------
+
+    def create_token(self, name: str, role: str = "user", *, expires_at: str | None = None) -> Token:
+        """POST /token: a bearer token for principal ``name`` with ``role``; the answer's ``token`` is the
+        secret, shown once (the gateway keeps only a salted hash). ``expires_at``: ISO 8601 with a time zone."""
+        return self.request("POST", "/token", json=_clean({"name": name, "role": role, "expires_at": expires_at}))
+
+    def list_tokens(self, *, include_revoked: bool | None = None, limit: int | None = None,
+                    offset: int | None = None) -> Page:
+        """GET /token: the tokens made through the API (never their secrets), newest first."""
+        flag = None if include_revoked is None else str(bool(include_revoked)).lower()
+        return self._get("/token", include_revoked=flag, limit=limit, offset=offset)
+
+    def get_token(self, token_id: str) -> Token:
+        """GET /token/{id}."""
+        return self._get(f"/token/{_segment(token_id)}")
+
+    def revoke_token(self, token_id: str) -> Token:
+        """DELETE /token/{id}: refused by every replica within a second; open event streams end too."""
+        return self.request("DELETE", f"/token/{_segment(token_id)}")
+
+    def audit(self, *, action: str | None = None, principal: str | None = None, since: str | None = None,
+              limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /audit: administrative actions (``AuditEntry`` items), newest first; ``since`` is ISO 8601."""
+        return self._get("/audit", action=action, principal=principal, since=since, limit=limit, offset=offset)
 
 
 def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None,

@@ -239,3 +239,38 @@ class Subscription(TypedDict, total=False):
     last_delivered_at: str | None
     dead_letters: list[dict[str, Any]]
     secret: str
+
+
+Role = Literal["admin", "user"]
+
+
+class Token(TypedDict, total=False):
+    """A token made through the API; ``token`` (the bearer secret) only in the answer that created it."""
+
+    id: str
+    name: str
+    role: Role
+    state: Literal["active", "expired", "revoked"]
+    created_at: str
+    created_by: str
+    expires_at: str | None
+    revoked_at: str | None
+    revoked_by: str | None
+    token: str
+
+
+AuditAction = Literal["infrastructure.register", "infrastructure.update", "infrastructure.delete",
+                      "template.register", "template.version", "template.deprecate", "token.create",
+                      "token.revoke"]
+
+
+class AuditEntry(TypedDict, total=False):
+    """One administrative action: who (``principal``, with which ``credential``) did what to what."""
+
+    id: int
+    at: str
+    action: AuditAction
+    principal: str
+    credential: str | None
+    target: str | None
+    details: dict[str, Any] | None

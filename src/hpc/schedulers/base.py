@@ -182,6 +182,20 @@ class SchedulerCommandError(Exception):
         self.message = message
 
 
+class SchedulerUnavailable(SchedulerCommandError):
+    """The scheduler could not be asked (its controller is down, restarting or overloaded): nothing was
+    decided, and the same request may succeed later. Raised instead of a refusal when the scheduler's
+    own error text matches the adapter's :attr:`Scheduler.transient_errors`."""
+
+
+def refusal(message: str, transient: re.Pattern[str] | None) -> SchedulerCommandError:
+    """The error to raise for the scheduler's ``message``: :class:`SchedulerUnavailable` when it matches
+    ``transient``, else a refusal."""
+    if transient is not None and transient.search(message):
+        return SchedulerUnavailable(message)
+    return SchedulerCommandError(message)
+
+
 class Scheduler(abc.ABC):
     """The protocol every scheduler adapter implements; all methods are pure functions of strings.
 
@@ -206,7 +220,15 @@ class Scheduler(abc.ABC):
     exception; :class:`SchedulerParseError` means the whole output is unusable. Apply :func:`advance`
     so states only move forward.
 
+    Before submitting a job again (its earlier attempt left ``job_dir`` but no id in ``submit.out``), the
+    caller asks :meth:`lookup_command` / :meth:`parse_lookup` whether the scheduler has a job from that
+    directory: a submission whose answer timed out may have been accepted.
+
     Cancelling: :meth:`parse_cancel` accepts "already finished/unknown" as success.
+
+    Refusals: :meth:`parse_submit` and :meth:`parse_cancel` raise :class:`SchedulerUnavailable` (a
+    :class:`SchedulerCommandError`) when the scheduler could not be reached at all (the adapter's
+    :attr:`transient_errors` match its message): the caller retries later instead of failing the job.
 
     Telemetry: ONE :meth:`telemetry_command`; :meth:`parse_telemetry` returns one :class:`Partition`
     per partition/queue. Multi-part commands print a ``@@hpc-rc=N`` line after each part so every
@@ -229,6 +251,19 @@ class Scheduler(abc.ABC):
     native_conditions: frozenset[str] = frozenset({"ok", "notok", "any"})
     # parse_status lists array tasks under the array's id.
     reports_array_tasks: bool = True
+    # The scheduler's own error texts that mean "not reached, try again" rather than "refused".
+    transient_errors: re.Pattern[str] | None = None
+    # Capabilities, checked by :meth:`unsupported` when a job is accepted (so a request the adapter
+    # cannot express is refused up front, naming the field, instead of failing at submission).
+    max_nodes: int | None = None  # most nodes one job may span; None: no limit known to the adapter
+    max_nodes_why: str = ""  # why, in the scheduler's words, for the caller
+
+    def unsupported(self, resources: Resources) -> tuple[str, str] | None:
+        """``(field, why)`` of the first of ``resources`` this adapter cannot express, else None."""
+        if self.max_nodes is not None and resources.nodes is not None and resources.nodes > self.max_nodes:
+            why = f": {self.max_nodes_why}" if self.max_nodes_why else ""
+            return "nodes", f"{self.name} jobs span at most {self.max_nodes} node(s), not {resources.nodes}{why}"
+        return None
 
     @abc.abstractmethod
     def directives(self, spec: JobSpec) -> list[str]:
@@ -282,6 +317,16 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def parse_cancel(self, exit_code: int, stdout: str, stderr: str) -> None:
         """Raise :class:`SchedulerCommandError` on a real refusal; jobs already gone are fine."""
+
+    def lookup_command(self, job_dir: str) -> str | None:
+        """One command finding the job submitted from ``job_dir`` whose answer was lost (a submission
+        that timed out after the scheduler accepted it prints no id); None when the adapter has none."""
+        return None
+
+    def parse_lookup(self, exit_code: int, stdout: str, stderr: str, job_dir: str) -> str | None:
+        """The scheduler id of the job submitted from ``job_dir``, or None when there is none; raises
+        :class:`SchedulerParseError` when the scheduler could not be asked (it is then unknown)."""
+        return None
 
     @abc.abstractmethod
     def telemetry_command(self) -> str:

@@ -25,19 +25,27 @@ from hpc.schedulers.base import (
     NativeStatus,
     Partition,
     Scheduler,
-    SchedulerCommandError,
     SchedulerParseError,
     array_status,
     check_directive_value,
     final_state_from_exit_code,
     message_of,
+    refusal,
     sanitize_job_name,
     signal_exit,
     split_rc_sections,
     submit_wrapper,
     with_rc_marks,
 )
-from hpc.schedulers.pbs_formats import job_list_states, node_cpus, parse_blocks, parse_jobs, queue_names, requested_id
+from hpc.schedulers.pbs_formats import (
+    job_list_states,
+    node_cpus,
+    parse_blocks,
+    parse_jobs,
+    queue_names,
+    requested_id,
+)
+from hpc.schedulers.slurm import TRANSIENT as SLURM_TRANSIENT
 from hpc.ssh.quoting import quote
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,9 @@ FLAVOURS = ("torque", "pbspro")
 MAX_TASK_LIST = 4096
 _WRAPPER_ERROR = "There was an error running the Slurm sbatch command."
 _GONE = ("Unknown Job Id", "Job has finished", "Request invalid for state of job")
+# Server not reached: the Torque wrappers print Slurm's own texts (fixtures *_controller_down); PBS Pro
+# and Torque print "qsub: cannot connect to server HOST (errno=N)" (pbs_connect failed).
+TRANSIENT = re.compile(f"{SLURM_TRANSIENT.pattern}|cannot connect to server")
 
 
 def normalize_exit(raw: int) -> int:
@@ -117,6 +128,8 @@ class PbsScheduler(Scheduler):
     """PBS/Torque through qsub/qstat/qdel/pbsnodes; the script is uploaded and passed by path."""
 
     name = "pbs"
+    transient_errors = TRANSIENT
+
     # Neither the wrapper's qstat nor a plain `qstat -f ID` lists an array's tasks: the caller polls each
     # started task under its own id (PBS_JOBID, the wrapper's SLURM_JOB_ID).
     reports_array_tasks = False
@@ -208,8 +221,8 @@ class PbsScheduler(Scheduler):
         if _WRAPPER_ERROR in (stdout or ""):
             # Testbed: the wrapper prints sbatch's own messages, quoted, on stdout with rc 1.
             errors = [line.strip(" '") for line in stdout.splitlines() if "error:" in line]
-            raise SchedulerCommandError("\n".join(errors) or message_of(stdout, stderr))
-        raise SchedulerCommandError(message_of(stdout, stderr))
+            raise refusal("\n".join(errors) or message_of(stdout, stderr), TRANSIENT)
+        raise refusal(message_of(stdout, stderr), TRANSIENT)
 
     def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
         return "qstat -f " + " ".join(quote(i) for i in _check_ids(ids))
@@ -285,7 +298,7 @@ class PbsScheduler(Scheduler):
         lines = [line for line in f"{stdout or ''}\n{stderr or ''}".splitlines() if line.strip()]
         if exit_code == 0 or all(any(text in line for text in _GONE) for line in lines):
             return
-        raise SchedulerCommandError(message_of(stdout, stderr))
+        raise refusal(message_of(stdout, stderr), TRANSIENT)
 
     def telemetry_command(self) -> str:
         return with_rc_marks("pbsnodes -a", "qstat -Q", "qstat")

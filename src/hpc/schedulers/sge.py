@@ -35,11 +35,11 @@ from hpc.schedulers.base import (
     NativeStatus,
     Partition,
     Scheduler,
-    SchedulerCommandError,
     SchedulerParseError,
     array_status,
     check_directive_value,
     final_state_from_exit_code,
+    refusal,
     message_of,
     sanitize_job_name,
     submit_wrapper,
@@ -113,6 +113,9 @@ PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*")
 ACCOUNTING = '"$SGE_ROOT/${SGE_CELL:-default}/common/accounting"'
 PARALLEL_ENVIRONMENT = "smp"  # one host, all slots together (allocation_rule $pe_slots)
+# qmaster not reached (testbed 8.1.9, sge_qmaster stopped: qsub and qdel print "commlib error: got select
+# error (Connection refused)" and "unable to send message to qmaster ...", rc 1; *_controller_down).
+TRANSIENT = re.compile(r"unable to (send message to|contact) qmaster|commlib error")
 _GONE = re.compile(r'denied: job "[0-9]+" does not exist|job [0-9]+ is already in deletion')
 
 
@@ -165,11 +168,15 @@ class SgeScheduler(Scheduler):
 
     name = "sge"
     native_conditions = frozenset({"any"})
+    transient_errors = TRANSIENT
+    max_nodes = 1
+    max_nodes_why = f"Grid Engine jobs run on one host (parallel environment {PARALLEL_ENVIRONMENT})"
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
-        if res.nodes and res.nodes > 1:
-            raise ValueError("Grid Engine jobs run on one host (parallel environment smp): nodes must be 1")
+        problem = self.unsupported(res)
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         slots = (res.tasks or 1) * (res.cpus_per_task or 1)
         opts = [
             "-S /bin/bash",
@@ -221,7 +228,7 @@ class SgeScheduler(Scheduler):
             return submitted.group(1)
         # Testbed: "Unable to run job: Job was rejected because job requests unknown queue ..." + "Exiting."
         message = "\n".join(line for line in message_of(stdout, stderr).splitlines() if line.strip() != "Exiting.")
-        raise SchedulerCommandError(message or message_of(stdout, stderr))
+        raise refusal(message or message_of(stdout, stderr), TRANSIENT)
 
     def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
         # qstat lists the user's pending and running jobs; the ids it does not list, and the ``arrays``
@@ -318,7 +325,7 @@ class SgeScheduler(Scheduler):
         if exit_code == 0 or (lines and all(_GONE.search(line) or "for deletion" in line for line in lines)):
             return
         # qmaster down: the cause is on stderr ("commlib error ...") and the consequence on stdout.
-        raise SchedulerCommandError("\n".join(line.strip() for line in lines)[:2000] or message_of(stdout, stderr))
+        raise refusal("\n".join(line.strip() for line in lines)[:2000] or message_of(stdout, stderr), TRANSIENT)
 
     def telemetry_command(self) -> str:
         return f"qstat -f -xml -r -u {quote('*')}"

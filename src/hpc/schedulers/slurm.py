@@ -13,12 +13,12 @@ from hpc.schedulers.base import (
     NativeStatus,
     Partition,
     Scheduler,
-    SchedulerCommandError,
     SchedulerParseError,
     array_status,
     check_directive_value,
     is_terminal,
     message_of,
+    refusal,
     none_if_unset,
     sanitize_job_name,
     signal_exit,
@@ -70,9 +70,19 @@ DEPENDENCY_TYPES = {"ok": "afterok", "notok": "afternotok", "any": "afterany"}
 # squeue(1) reason of a pending job whose dependency can never be satisfied (a predecessor ended the
 # wrong way; tested on 22.05: the job stays PENDING with this reason until cancelled).
 NEVER_SATISFIED = "DependencyNeverSatisfied"
+# Jobs of the user with the directory sbatch ran in (the submit wrapper cds into the job directory).
+LOOKUP_FORMAT = "JobID:|,WorkDir:|"
 SUBMIT_ID = re.compile(r"([0-9]+)(;\S+)?")  # sbatch --parsable prints "id" or "id;cluster"
 # Benign "already gone" texts of scancel (printed only with -v; rc stays 0 on 22.05).
 _GONE = ("Invalid job id specified", "Job/step already completing or completed")
+# Slurm's own texts (slurm_strerror, src/common/slurm_errno.c) for a controller that is down, restarting
+# or overloaded: the request was not decided. Testbed 22.05, slurmctld stopped: sbatch rc 1 "Batch job
+# submission failed: Unable to contact slurm controller (connect failure)", scancel rc 8 "Kill job error
+# on job id N: Unable to contact ..." (fixtures *_controller_down).
+TRANSIENT = re.compile(
+    r"Unable to contact slurm controller|Socket timed out on send/recv operation"
+    r"|Slurm temporarily unable to accept job|Slurm backup controller in standby mode"
+)
 
 
 def wait_status_exit(raw: int) -> int:
@@ -105,6 +115,7 @@ class SlurmScheduler(Scheduler):
     """Slurm through sbatch/squeue/scancel/sinfo; the script is piped to sbatch on stdin."""
 
     name = "slurm"
+    transient_errors = TRANSIENT
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -156,8 +167,30 @@ class SlurmScheduler(Scheduler):
         lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
         match = SUBMIT_ID.fullmatch(lines[-1]) if lines else None
         if exit_code != 0 or match is None:
-            raise SchedulerCommandError(message_of(stdout, stderr))
+            raise refusal(message_of(stdout, stderr), TRANSIENT)
         return match.group(1)
+
+    def lookup_command(self, job_dir: str) -> str | None:
+        # First line: the directory as sbatch's getcwd() saw it (symlinks resolved), empty when it does not
+        # exist (then nothing was submitted from it). -t all: also jobs that already ended (MinJobAge).
+        return (f"(cd {quote(job_dir)} 2>/dev/null && pwd -P || echo); "
+                f"squeue --me -h -t all -O {quote(LOOKUP_FORMAT)}")
+
+    def parse_lookup(self, exit_code: int, stdout: str, stderr: str, job_dir: str) -> str | None:
+        lines = (stdout or "").splitlines()
+        physical = lines[0].strip() if lines else ""
+        if not physical:
+            return None
+        if exit_code != 0:
+            raise SchedulerParseError(message_of("\n".join(lines[1:]), stderr))
+        found = set()
+        for line in lines[1:]:
+            job_id, sep, workdir = line.partition("|")
+            if sep and workdir.removesuffix("|") in (job_dir, physical) and JOB_ID.fullmatch(job_id.strip()):
+                found.add(int(re.split(r"[_+]", job_id.strip())[0]))
+        if len(found) > 1:
+            log.warning("squeue: several jobs ran from %s: %s", job_dir, sorted(found))
+        return str(min(found)) if found else None
 
     def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
         # -t all: finished jobs are listed (until MinJobAge) only with it, also with -j. -r: one row per
@@ -227,7 +260,7 @@ class SlurmScheduler(Scheduler):
         lines = [line for line in message_of(stdout, stderr).splitlines() if line.strip()]
         if all(any(text in line for text in _GONE) for line in lines):
             return
-        raise SchedulerCommandError(message_of(stdout, stderr))
+        raise refusal(message_of(stdout, stderr), TRANSIENT)
 
     def telemetry_command(self) -> str:
         return with_rc_marks(

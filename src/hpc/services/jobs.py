@@ -49,6 +49,7 @@ from hpc.schedulers import (
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
+    SchedulerUnavailable,
     advance,
     final_state_from_exit_code,
     get_scheduler,
@@ -470,9 +471,15 @@ class JobService:
 
     @staticmethod
     def _resources(values: dict[str, Any], infra: dict[str, Any], kind: str) -> Resources:
-        """Typed resources; SERRANO jobs start from the infrastructure's ``serrano_resources``."""
+        """Typed resources; SERRANO jobs start from the infrastructure's ``serrano_resources``. Refused
+        (InvalidInput naming the field) when the infrastructure's scheduler adapter cannot express them."""
         defaults = (infra["settings"] or {}).get("serrano_resources") if kind == "serrano" else None
-        return resources_of(values, defaults)
+        resources = resources_of(values, defaults)
+        problem = get_scheduler(infra["scheduler"]).unsupported(resources)
+        if problem:
+            field, why = problem
+            raise InvalidInput(f"resources.{field}: {why} (infrastructure {infra['name']})", f"resources.{field}")
+        return resources
 
     def get(self, job_id: str, principal: Principal) -> dict[str, Any]:
         return self._details(self._visible(job_id, principal))
@@ -760,6 +767,9 @@ class JobService:
                 return
             self._count(infra["name"], "submit")
             result = self.infrastructures.run(infra, plan.command, stdin=plan.stdin, action="submitting the job")
+        except InvalidInput as exc:  # e.g. the infrastructure now has a scheduler that cannot run this job
+            self._end(row, "failed", reason=f"the job cannot be submitted to {infra['name']}: {exc.detail}")
+            return
         except DomainError as exc:
             self._retry_submission(row, exc.detail)
             return
@@ -772,6 +782,9 @@ class JobService:
             return
         try:
             scheduler_id = scheduler.parse_submit(result.exit_code, result.stdout, result.stderr)
+        except SchedulerUnavailable as exc:  # nothing was decided: the controller is down or busy
+            self._retry_submission(row, f"the scheduler is unavailable: {exc.message}")
+            return
         except SchedulerCommandError as exc:
             log.info("job %s: the scheduler refused it: %s", job_id, exc.message)
             self._end(row, "failed", reason=f"the scheduler refused the job: {exc.message}")
@@ -803,14 +816,25 @@ class JobService:
                                next_poll_at=utcnow() + timedelta(seconds=delay), lease_owner=None, lease_until=None)
 
     def _adopt(self, infra, scheduler, job_dir: str) -> str | None:
-        """The scheduler id an earlier, interrupted submission left in ``submit.out``, if any."""
+        """The scheduler id an earlier, interrupted submission left in ``submit.out``, else the id of a job
+        the scheduler has from ``job_dir`` (a submission whose answer was lost, e.g. Slurm's "Socket timed
+        out on send/recv operation" after it accepted the job), if any. ClusterUnavailable when that
+        cannot be known: submitting again could run the job twice."""
         result = self.infrastructures.run(infra, f"cat {quote(job_dir + '/submit.out')}", action="reconciling")
-        if result.exit_code != 0 or not result.stdout.strip():
+        if result.exit_code == 0 and result.stdout.strip():
+            try:
+                return scheduler.parse_submit(0, result.stdout, "")
+            except SchedulerCommandError:
+                pass
+        command = scheduler.lookup_command(job_dir)
+        if command is None:
             return None
+        found = self.infrastructures.run(infra, command, action="looking for an earlier submission")
         try:
-            return scheduler.parse_submit(0, result.stdout, "")
-        except SchedulerCommandError:
-            return None
+            return scheduler.parse_lookup(found.exit_code, found.stdout, found.stderr, job_dir)
+        except SchedulerParseError as exc:
+            raise ClusterUnavailable(f"cannot tell whether the earlier submission reached the scheduler: {exc}"
+                                     ) from None
 
     @staticmethod
     def _home_key(infra: dict[str, Any]) -> tuple:

@@ -402,6 +402,36 @@ def test_sse_resume_with_last_event_id_misses_nothing_and_repeats_nothing(gatewa
         store.close()
 
 
+def test_a_stream_ends_within_seconds_of_its_token_being_revoked_or_expiring(gateway):
+    """Default event_token_recheck (5 s) and token_cache_seconds (0.5 s): a stream outlives its token by
+    at most ~5.5 s; a stream on a valid token stays open."""
+    from datetime import timedelta
+
+    made = {}
+    for key, expires in (("revoked", None), ("expiring", utcnow() + timedelta(seconds=3)), ("kept", None)):
+        body = {"name": "user", "role": "user", **({"expires_at": expires.isoformat()} if expires else {})}
+        response = gateway.post("/token", body, token="admin")
+        assert response.status_code == 201, response.text
+        made[key] = response.json()
+        gateway.tokens[key] = made[key]["token"]
+    streams = {key: SSEReader(gateway, token=key) for key in made}
+    try:
+        assert gateway.delete(f"/token/{made['revoked']['id']}", token="admin").status_code == 200
+        revoked_at = time.monotonic()
+        assert streams["revoked"].ended.wait(12) is True
+        assert time.monotonic() - revoked_at < 8
+        assert streams["expiring"].ended.wait(12) is True
+        assert streams["kept"].ended.is_set() is False
+        assert "event stream ended: the token is no longer valid (revoked)" in gateway.log()
+        assert "event stream ended: the token is no longer valid (expired)" in gateway.log()
+        again = requests.get(f"{gateway.url}/events", headers={"Authorization": f"Bearer {gateway.tokens['revoked']}"},
+                             timeout=10)
+        assert again.status_code == 401
+    finally:
+        for stream in streams.values():
+            stream.close()
+
+
 def test_a_user_sees_only_their_own_events_and_an_admin_all(gateway):
     store = store_of(gateway)
     try:

@@ -168,6 +168,8 @@ def test_hostile_values_are_data_not_code(registered, testbed, infra):
         ({"infrastructure": "tb-slurm"}, "services"),
         ({"infrastructure": "tb-slurm", "script": "true", "env": {"BAD-NAME": "x"}}, "env.BAD-NAME"),
         ({"infrastructure": "tb-slurm", "script": "true", "watch_period": "often"}, "watch_period"),
+        # Grid Engine's adapter runs a job on one host: more nodes are refused up front, not at submission.
+        ({"infrastructure": "tb-sge", "script": "true", "resources": {"nodes": 2}}, "resources.nodes"),
     ],
 )
 def test_bad_job_requests_are_400_naming_the_field(registered, body, field):
@@ -176,6 +178,20 @@ def test_bad_job_requests_are_400_naming_the_field(registered, body, field):
     assert response.headers["Content-Type"].startswith("application/problem+json")
     assert response.json()["field"] == field
     assert registered.get("/job", token="admin").json()["total"] == 0
+
+
+def test_nodes_beyond_what_the_scheduler_expresses_are_400_in_a_dry_run_too(registered):
+    body = {"infrastructure": "tb-sge", "script": "true\n", "resources": {"nodes": 3}}
+    refused = registered.post("/job/dry_run", body, token="user")
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert refused.json()["field"] == "resources.nodes"
+    assert "at most 1 node" in refused.json()["detail"]
+    one = registered.post("/job/dry_run", {**body, "resources": {"nodes": 1}}, token="user")
+    assert one.status_code == 200, one.text
+    slurm = registered.post("/job/dry_run", {**body, "infrastructure": "tb-slurm"}, token="user")
+    assert slurm.status_code == 200, slurm.text
+    assert "#SBATCH --nodes=3" in slurm.json()["script"].splitlines()
 
 
 def test_unknown_job_ids(registered):

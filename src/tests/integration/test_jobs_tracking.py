@@ -107,6 +107,49 @@ def test_controller_down_keeps_state_and_tracking_resumes(registered, infra, con
 
 
 @pytest.mark.slow
+def test_submission_waits_while_slurmctld_is_down(registered):
+    """sbatch answering "Unable to contact slurm controller" is not a refusal: the job stays submitting
+    with the cause in its reason, and is submitted once the controller is back."""
+    ctl = ["bash", str(REPO / "testbed" / "ctl.sh")]
+    subprocess.run([*ctl, "stop", "slurmctld"], check=True)
+    try:
+        job = submit(registered, "tb-slurm", script="exit 0\n", name="patient")
+        waiting = wait_job(registered, job["id"], timeout=90,
+                           until=lambda j: "Unable to contact slurm controller" in (j["reason"] or ""))
+        assert waiting["state"] == "submitting"
+        assert waiting["reason"].startswith("waiting to submit: ")
+    finally:
+        subprocess.run([*ctl, "start", "slurmctld"], check=True)
+    ended = wait_job(registered, job["id"], timeout=150)
+    assert (ended["state"], ended["exit_code"]) == ("completed", 0)
+
+
+def test_a_submission_whose_answer_was_lost_is_adopted_not_repeated(gateway, testbed):
+    """sbatch accepts the job but its answer is lost ("Socket timed out on send/recv operation", which
+    is transient): the retry finds the job by the directory it was submitted from and adopts it, instead
+    of submitting it a second time. The loss is made by a shell function in the infrastructure's
+    command_setup_lines around the real sbatch, for this job's first submission only."""
+    from tests.support import infrastructure_body
+
+    tag = f"lost-{int(time.time())}"
+    marker = f"$HOME/.hpc-test-{tag}"
+    lose_once = (f'sbatch() {{ if [ -e "{marker}" ]; then command sbatch "$@"; return; fi; touch "{marker}"; '
+                 'command sbatch "$@" >/dev/null; '
+                 'echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; '
+                 'return 1; }')
+    body = infrastructure_body(testbed, "tb-lossy", "slurm")
+    body["settings"]["command_setup_lines"] = [lose_once]
+    assert gateway.post("/infrastructure", body).status_code == 201
+    job = submit(gateway, "tb-lossy", script="exit 0\n", name=tag)
+    ended = wait_job(gateway, job["id"], timeout=120)
+    assert (ended["state"], ended["exit_code"]) == ("completed", 0)
+    assert scheduler_jobs_named(testbed, tag) == 1
+    log = gateway.log()
+    assert "Socket timed out on send/recv operation" in log
+    assert f"job {job['id']}: adopted scheduler id {ended['scheduler_id']}" in log
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_two_replicas_on_one_store_never_double_submit(gateway_factory, testbed, request, database):
     """Two gateway processes share one database: work is claimed from the store, not held in memory."""

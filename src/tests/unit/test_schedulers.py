@@ -17,6 +17,7 @@ from hpc.schedulers import (
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
+    SchedulerUnavailable,
     get_scheduler,
     parse_array,
 )
@@ -541,6 +542,76 @@ def test_submit_refusals(sched_name, case, message):
     with pytest.raises(SchedulerCommandError) as err:
         sched.parse_submit(*result)
     assert err.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case"),
+    [(s, c) for s in NAMES for c in ("submit_controller_down", "cancel_controller_down")],
+)
+def test_controller_down_is_unavailable_not_a_refusal(sched_name, case):
+    """Captured with the controller stopped: nothing was decided, so the caller retries later."""
+    sched, _, result = parse(sched_name, case)
+    method = sched.parse_submit if case.startswith("submit_") else sched.parse_cancel
+    with pytest.raises(SchedulerUnavailable) as err:
+        method(*result)
+    assert sched.transient_errors.search(err.value.message) is not None
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "case"),
+    [(s, c) for s in NAMES for c in ("submit_bad_partition", "submit_over_limit")] + [("pbs", "submit_pbspro_bad_queue")],
+)
+def test_real_refusals_are_not_unavailable(sched_name, case):
+    sched, _, result = parse(sched_name, case)
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_submit(*result)
+    assert type(err.value) is SchedulerCommandError
+
+
+@pytest.mark.parametrize(
+    ("sched_name", "stderr", "stdout"),
+    [
+        # slurm_strerror texts (src/common/slurm_errno.c) of a controller that is restarting or overloaded.
+        ("slurm", "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n", ""),
+        ("slurm", "sbatch: error: Batch job submission failed: Slurm temporarily unable to accept job, "
+                  "sleeping and retrying\n", ""),
+        ("slurm", "sbatch: error: Batch job submission failed: Slurm backup controller in standby mode\n", ""),
+        ("pbs", "", "There was an error running the Slurm sbatch command.\nand the output was:\n"
+                    "'sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n'\n"),
+        ("pbs", "Connection refused\nqsub: cannot connect to server pbs.example (errno=15010)\n", ""),
+    ],
+)
+def test_submit_transient_texts(sched_name, stderr, stdout):
+    with pytest.raises(SchedulerUnavailable):
+        get_scheduler(sched_name).parse_submit(1, stdout, stderr)
+
+
+def test_slurm_lookup_finds_the_job_submitted_from_a_directory():
+    """Captured: a submission whose answer was lost is found by the directory sbatch ran in."""
+    sched, fx, result = parse("slurm", "lookup_found")
+    assert sched.lookup_command(fx["job_dir"]) == fx["command"]
+    assert sched.parse_lookup(*result, fx["job_dir"]) == fx["roles"]["down"]
+    rc, out, err = result
+    without = "\n".join(line for line in out.splitlines() if not line.startswith(fx["roles"]["down"] + "|"))
+    assert sched.parse_lookup(rc, without, err, fx["job_dir"]) is None
+
+
+def test_slurm_lookup_matches_the_physical_directory_and_the_base_id():
+    out = "/data/u/jobs/j1\n7|/data/u/jobs/j10|\n8_3|/data/u/jobs/j1|\n8_4|/data/u/jobs/j1|\n"
+    assert SlurmScheduler().parse_lookup(0, out, "", "/home/u/jobs/j1") == "8"  # /home -> /data symlink
+
+
+def test_slurm_lookup_of_a_missing_directory_is_nothing_and_a_down_controller_is_unknown():
+    sched, fx, result = parse("slurm", "lookup_no_directory")
+    assert sched.parse_lookup(*result, fx["job_dir"]) is None
+    sched, fx, result = parse("slurm", "lookup_controller_down")
+    with pytest.raises(SchedulerParseError):
+        sched.parse_lookup(*result, fx["job_dir"])
+
+
+@pytest.mark.parametrize("name", ["pbs", "sge"])
+def test_adapters_without_a_lookup(name):
+    assert get_scheduler(name).lookup_command("/j") is None
 
 
 def test_slurm_hostile_partition_reaches_sbatch_verbatim():

@@ -264,6 +264,14 @@ def test_sge_single_slot_asks_for_no_parallel_environment():
     assert "#$ -l h_vmem=100M" in lines
 
 
+@pytest.mark.parametrize(("name", "nodes", "expected"), [
+    ("sge", 2, "nodes"), ("sge", 1, None), ("sge", None, None), ("slurm", 64, None), ("pbs", 64, None),
+])
+def test_nodes_capability(name, nodes, expected):
+    problem = get_scheduler(name).unsupported(Resources(nodes=nodes))
+    assert (problem[0] if problem else None) == expected
+
+
 def test_sge_refuses_several_nodes():
     spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", resources=Resources(nodes=2))
     with pytest.raises(ValueError):
