@@ -74,6 +74,9 @@ class Config:
     # ones are answered 413. A job script's own cap (1 MiB characters, in the contract) lies within it:
     # a full-size script JSON-escaped as \uXXXX takes 6 MiB.
     max_body_size: int = 8 * 1024**2
+    # Largest file uploaded through POST /infrastructure/{name}/files/upload (bytes; the guard answers 413
+    # from Content-Length before reading). Bigger files go through transfers (/data, /s3_data).
+    files_upload_max: int = 4 * 1024**2
     # Networks a cluster's SSH host may resolve to although not public. Clusters usually sit on private
     # networks, so those are admitted by default; link-local and cloud metadata addresses are refused
     # whatever this says (the same AddressPolicy as transfer sources, hpc.staging.addresses).
@@ -265,6 +268,7 @@ _CONVERTERS = {
     "source_allow_networks": _parse_networks,
     "cluster_allow_networks": _parse_networks,
     "max_body_size": parse_size,
+    "files_upload_max": parse_size,
     "transfer_workers": int,
     "transfer_retries": int,
     "transfer_retry_delay": float,
