@@ -23,13 +23,14 @@ from __future__ import annotations
 import base64
 import logging
 import posixpath
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from hpc.config import Config
-from hpc.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, NotFound
+from hpc.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from hpc.security import Principal
 from hpc.services import file_paths
 from hpc.services.audit import AuditLog
@@ -70,8 +71,10 @@ class Place:
 class Download:
     """A file's bytes ``[start, end)`` streamed from its own SFTP session, closed with the response."""
 
-    def __init__(self, files: SFTPFiles, path: str, size: int, start: int, end: int, partial: bool):
+    def __init__(self, files: SFTPFiles, path: str, size: int, start: int, end: int, partial: bool,
+                 on_close=lambda: None):
         self.files, self.path, self.size, self.start, self.end, self.partial = files, path, size, start, end, partial
+        self._on_close = on_close
         self._closed = False
 
     @property
@@ -90,7 +93,10 @@ class Download:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.files.close()
+            try:
+                self.files.close()
+            finally:
+                self._on_close()
 
 
 def _mtime(seconds: int) -> str:
@@ -115,6 +121,7 @@ class FileService:
         self.infrastructures = infrastructures
         self.audit = audit
         self._homes: dict[tuple, str] = {}
+        self._downloads = threading.BoundedSemaphore(max(1, config.files_downloads))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -164,14 +171,22 @@ class FileService:
         (whole file), or raises (the API's Range parsing)."""
         infra = self.infrastructures.get(name)
         place = self._place(infra, path, "path", follow=True)
-        files = self._open(infra, "downloading a file")
+        if not self._downloads.acquire(blocking=False):
+            raise Unavailable(f"{self.config.files_downloads} downloads are streaming from this replica "
+                              "(files_downloads): retry later")
+        try:
+            files = self._open(infra, "downloading a file")
+        except BaseException:
+            self._downloads.release()
+            raise
         try:
             info = self._regular_file(files, place)
             chosen = byte_range(info.size)
             start, end = chosen if chosen is not None else (0, info.size)
-            return Download(files, place.real, info.size, start, end, chosen is not None)
+            return Download(files, place.real, info.size, start, end, chosen is not None, self._downloads.release)
         except BaseException:
             files.close()
+            self._downloads.release()
             raise
 
     def checksum(self, name: str, path: str, principal: Principal) -> dict[str, Any]:
