@@ -22,6 +22,8 @@ from hpc.errors import InvalidInput
 from hpc.staging.paths import inside
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_MAX = 255  # NAME_MAX and PATH_MAX of Linux file systems (less the NUL)
+_PATH_MAX = 4095
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -55,6 +57,9 @@ def lexical(path: str, home: str, roots: Sequence[str], field: str, allow_root: 
         raise InvalidInput(f"{field}: ~user paths are not supported; give the path relative to the home or "
                            "absolute", field)
     resolved = absolute(path, home)
+    if len(resolved.encode()) > _PATH_MAX or any(len(part.encode()) > _NAME_MAX for part in resolved.split("/")):
+        raise InvalidInput(f"{field} is longer than the cluster accepts ({_NAME_MAX} bytes a name, {_PATH_MAX} "
+                           "in all)", field)
     if not within(resolved, roots, allow_root):
         where = "is an allowed root itself" if resolved in roots else "lies outside the allowed directories"
         raise InvalidInput(f"{field} resolves to {resolved}, which {where} ({', '.join(roots)})", field)

@@ -138,6 +138,10 @@ def test_upload_mkdir_move_and_remove(cluster, testbed):
                                headers={"Content-Type": "application/octet-stream"})
     assert replaced.status_code == 201, replaced.text
     assert on_cluster(testbed, f"cat {base}/root/new/a/b/payload.bin") == "other"
+    empty = gateway.request("POST", url, params={"path": f"{base}/root/new/empty"}, data=b"",
+                            headers={"Content-Type": "application/octet-stream"})
+    assert (empty.status_code, empty.json()["size"]) == (201, 0)
+    assert gateway.delete(BASE, params={"path": f"{base}/root/new/empty"}).status_code == 204
     problem(gateway.request("POST", url, params={"path": f"{base}/root/missing/x"}, data=b"x",
                             headers={"Content-Type": "application/octet-stream"}), 404, "path")
 

@@ -85,7 +85,7 @@ def test_paths_inside_the_roots(given, expected):
 
 @pytest.mark.parametrize("given", [
     "../v/x", "/etc/passwd", "/home/u2/x", "/home/u/../v", "/scratch", "/scratch/u2", "~other/x",
-    "data/\nx", "a\x00b", "", "  ",
+    "data/\nx", "a\x00b", "", "  ", "data/" + "n" * 256, "data/" + "a/" * 2100,
 ])
 def test_paths_outside_the_roots_or_malformed_are_refused_naming_the_field(given):
     with pytest.raises(InvalidInput) as caught:

@@ -42,7 +42,7 @@ def download_file(infrastructure_name, path):
     return response
 
 
-def upload_file(infrastructure_name, path, body, overwrite=False):
+def upload_file(infrastructure_name, path, body=None, overwrite=False):
     data = body if isinstance(body, bytes) else flask.request.get_data()
     return reply(gateway().files.upload(infrastructure_name, path, data, overwrite, caller()), 201)
 
