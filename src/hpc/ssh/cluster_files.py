@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import paramiko
 
-from hpc.ssh.errors import SSHChannelError, SSHError
+from hpc.ssh.errors import SSHChannelError, SSHError, SSHTimeout
 from hpc.ssh.quoting import quote
 
 CHUNK = 1024 * 1024  # bytes held per step of a streamed read
@@ -94,11 +94,13 @@ def _info(name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
 
 def _failure(exc: BaseException, action: str, path: str) -> SSHError:
     """An exception paramiko raised -> the error of this layer."""
-    if isinstance(exc, OSError) and not isinstance(exc, (EOFError,)) and exc.errno in (errno.ENOENT,):
+    if isinstance(exc, TimeoutError):
+        return SSHTimeout(f"{action} {path}: the cluster's SFTP server did not answer in time")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
         return RemoteFileError(f"{action} {path}: no such file or directory", "not_found", path)
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
         return RemoteFileError(f"{action} {path}: permission denied on the cluster", "denied", path)
-    if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError)) or (
+    if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError)) or (
             isinstance(exc, OSError) and "closed" in str(exc).lower()):
         return SSHChannelError(f"{action} {path}: the SFTP session failed ({type(exc).__name__})")
     text = str(exc.args[-1] if exc.args else exc)[:200] or type(exc).__name__
