@@ -157,10 +157,11 @@ class FileService:
         with self._sftp(infra, "reading a file") as files:
             info = self._regular_file(files, place)
             if tail is not None:
-                start, count = max(0, info.size - tail), min(tail, READ_MAX)
+                start = max(0, info.size - tail)
             else:
-                start, count = offset or 0, min(length, READ_MAX)
-            data = self._do(lambda: files.read_file(place.real, start, count), "path") if start < info.size else b""
+                start = offset or 0
+            count = max(0, min(tail or length, READ_MAX, info.size - start))
+            data = self._do(lambda: files.read_file(place.real, start, count), "path") if count else b""
         text = base64.b64encode(data).decode() if encoding == "base64" else data.decode("utf-8", errors="replace")
         end = start + len(data)
         return {"path": place.real, "offset": start, "next_offset": end, "size": info.size, "data": text,

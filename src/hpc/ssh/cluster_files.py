@@ -215,9 +215,12 @@ class SFTPFiles:
     def read(self, path: str, offset: int, end: int, chunk: int = CHUNK) -> Iterator[bytes]:
         """The bytes ``[offset, end)`` (or up to the end of the file) as chunks of at most ``chunk``
         bytes. Each chunk is asked for in 32 KiB requests sent together (one round trip per chunk);
-        nothing is read ahead of what the consumer takes."""
+        nothing is read ahead of what the consumer takes. ``end`` is cut to the file's size first:
+        paramiko's ``readv`` waits forever for a request past the end of the file (seen with paramiko
+        3.x against OpenSSH's sftp-server, which answers it with EOF)."""
         try:
             handle = self.sftp.open(path, "rb")
+            end = min(end, int(handle.stat().st_size or 0))
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise _failure(exc, "reading", path) from None
         try:

@@ -72,6 +72,10 @@ def test_list_stat_read_and_checksum(cluster, testbed):
     assert (head["data"], head["offset"], head["next_offset"], head["size"], head["eof"]) == ("hello", 0, 5, 12, False)
     tail = gateway.get(f"{BASE}/content", params={"path": f"{base}/root/data/hello.txt", "tail": 6}).json()
     assert (tail["data"], tail["offset"], tail["eof"]) == ("world\n", 6, True)
+    whole = gateway.get(f"{BASE}/content", params={"path": f"{base}/root/data/hello.txt"}).json()
+    assert (whole["data"], whole["next_offset"], whole["eof"]) == ("hello\nworld\n", 12, True)
+    past = gateway.get(f"{BASE}/content", params={"path": f"{base}/root/data/hello.txt", "offset": 50}).json()
+    assert (past["data"], past["offset"], past["eof"]) == ("", 50, True)
     middle = gateway.get(f"{BASE}/content", params={"path": f"{base}/root/data/hello.txt", "offset": 3,
                                                     "length": 4, "encoding": "base64"}).json()
     assert middle["data"] == "bG8Kdw=="  # "lo\nw"
