@@ -216,8 +216,9 @@ class SFTPFiles:
         """The bytes ``[offset, end)`` (or up to the end of the file) as chunks of at most ``chunk``
         bytes. Each chunk is asked for in 32 KiB requests sent together (one round trip per chunk);
         nothing is read ahead of what the consumer takes. ``end`` is cut to the file's size first:
-        paramiko's ``readv`` waits forever for a request past the end of the file (seen with paramiko
-        3.x against OpenSSH's sftp-server, which answers it with EOF)."""
+        paramiko's ``readv`` waits for data to a request that starts past the end of the file, which
+        OpenSSH's sftp-server answers with EOF (paramiko 5.1.0 on the testbed: until the channel
+        timeout)."""
         try:
             handle = self.sftp.open(path, "rb")
             end = min(end, int(handle.stat().st_size or 0))
