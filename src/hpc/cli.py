@@ -1084,7 +1084,7 @@ class _ByteProgress:
     def __init__(self, label: str, total: int):
         self.label, self.total, self._progress, self._task = label, total, None, None
 
-    def __enter__(self) -> "_ByteProgress":
+    def __enter__(self) -> _ByteProgress:
         if _console(stderr=True).is_terminal and not _settings().as_json:
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                        TransferSpeedColumn)
@@ -1255,7 +1255,7 @@ def fs_sum(paths: tuple[str, ...], infrastructure: str) -> int:
     if _settings().as_json:
         emit_json(records if len(records) > 1 else records[0])
     else:
-        for path, record in zip(paths, records):
+        for path, record in zip(paths, records, strict=True):
             click.echo(f"{record['sha256']}  {path}")
     return EXIT_OK
 

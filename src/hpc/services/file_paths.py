@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from hpc.errors import InvalidInput
 from hpc.staging.paths import inside

@@ -26,8 +26,9 @@ import posixpath
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from hpc.config import Config
 from hpc.errors import ClusterUnavailable, Conflict, Forbidden, InvalidInput, NotFound, Unavailable
@@ -100,7 +101,7 @@ class Download:
 
 
 def _mtime(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def entry(info: FileInfo, path: str, realpath: str | None = None) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import errno
 import posixpath
 import re
 import stat as st
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import paramiko
 

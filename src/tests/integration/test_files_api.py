@@ -223,7 +223,7 @@ def test_hostile_names_are_data(cluster, testbed):
     assert gateway.delete(BASE, params={"path": f"{base}/root/{name}.d", "recursive": "true"}).status_code == 204
     problem(gateway.get(BASE, params={"path": f"{base}/root/a\nb"}), 400, "path")
     assert sorted(on_cluster(testbed, f"ls -A {base}/root").splitlines()) == sorted(["data", name])
-    assert on_cluster(testbed, f"find ~ -maxdepth 3 -name PWNED | wc -l").strip() == "0"
+    assert on_cluster(testbed, "find ~ -maxdepth 3 -name PWNED | wc -l").strip() == "0"
 
 
 def test_role_policy_for_removing_and_moving(cluster, testbed):

@@ -215,7 +215,6 @@ def test_an_upload_is_bytes_not_utf8():
 
 def test_sftp_errors_become_errors_of_the_ssh_layer():
     import errno
-    import socket
 
     import paramiko
 
@@ -223,11 +222,11 @@ def test_sftp_errors_become_errors_of_the_ssh_layer():
     from hpc.ssh.errors import SSHChannelError, SSHTimeout
 
     # What paramiko raises for the SFTP statuses (SFTPClient._convert_status) and for a dead session.
-    assert _failure(IOError(errno.ENOENT, "No such file"), "reading", "/x").status == "not_found"
-    assert _failure(IOError(errno.EACCES, "Permission denied"), "reading", "/x").status == "denied"
-    failure = _failure(IOError("Failure"), "moving", "/x")
+    assert _failure(OSError(errno.ENOENT, "No such file"), "reading", "/x").status == "not_found"
+    assert _failure(OSError(errno.EACCES, "Permission denied"), "reading", "/x").status == "denied"
+    failure = _failure(OSError("Failure"), "moving", "/x")
     assert (type(failure), failure.status, failure.reason) == (RemoteFileError, "failure", "moving /x: Failure")
-    assert isinstance(_failure(socket.timeout("timed out"), "reading", "/x"), SSHTimeout)
+    assert isinstance(_failure(TimeoutError("timed out"), "reading", "/x"), SSHTimeout)
     assert isinstance(_failure(paramiko.SSHException("Server connection dropped"), "reading", "/x"), SSHChannelError)
     assert isinstance(_failure(EOFError(), "reading", "/x"), SSHChannelError)
     assert isinstance(_failure(OSError("Socket is closed"), "reading", "/x"), SSHChannelError)
