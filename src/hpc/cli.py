@@ -9,6 +9,7 @@
     hpc-gateway job    submit|list|show|cancel|logs|wait      jobs (submit --dry-run: what would be sent)
     hpc-gateway template add|list|show|rm                     job templates
     hpc-gateway transfer http|s3-in|s3-out|list|show|cancel|wait
+    hpc-gateway fs     ls|cat|get|put|rm|mkdir|mv|sum             the cluster's files
     hpc-gateway events [--follow] [--job ID] [--transfer ID] [--type T]   the event stream
 
 The client commands talk to ``--url`` (default ``$HPC_URL``, else http://127.0.0.1:8080) with ``--token``
@@ -1084,6 +1085,208 @@ def transfer_wait(transfer_ids: tuple[str, ...], kind: str | None, timeout: floa
     """Wait for transfers with progress bars; exit 0 only if every one completed."""
     client = _settings().client
     return _wait_transfers([client.get_transfer(transfer_id, kind) for transfer_id in transfer_ids], timeout, poll)
+
+
+# -- the cluster's files ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def fs() -> None:
+    """The cluster's files: ls, cat, get, put, rm, mkdir, mv, sum (paths relative to the home unless
+    absolute, inside the infrastructure's allowed roots)."""
+
+
+def infra_option(func: Callable) -> Callable:
+    return click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
+                        help="The infrastructure [env: HPC_INFRASTRUCTURE].")(func)
+
+
+FILE_COLUMNS = [
+    ("NAME", lambda r: r["name"] + ("/" if r.get("type") == "directory" else "")),
+    ("TYPE", "type"), ("SIZE", "size"), ("MODE", "mode"), ("MODIFIED", lambda r: _short_time(r.get("mtime"))),
+]
+
+
+class _ByteProgress:
+    """A byte count on stderr while a person waits: a rich bar on a terminal, nothing elsewhere."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self._progress, self._task = label, total, None, None
+
+    def __enter__(self) -> _ByteProgress:
+        if _console(stderr=True).is_terminal and not _settings().as_json:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(), console=_console(stderr=True),
+                                      transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total)
+        return self
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total or self.total)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class _CountingReader:
+    """A file's bytes read by ``requests`` in blocks, reporting how many were sent."""
+
+    def __init__(self, data: bytes, report: Callable[[int], None]):
+        self._data, self._position, self._report = data, 0, report
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._position + size
+        chunk = self._data[self._position:end]
+        self._position += len(chunk)
+        self._report(self._position)
+        return chunk
+
+
+@fs.command("ls")
+@click.argument("path", default="~")
+@infra_option
+@click.option("--limit", type=click.IntRange(1, 1000), help="Entries per page [default: 100].")
+@click.option("--offset", type=click.IntRange(0), help="Entries to skip.")
+@client_options
+def fs_ls(path: str, infrastructure: str, limit: int | None, offset: int | None) -> int:
+    """List a directory on the cluster."""
+    listing = _settings().client.list_files(infrastructure, path, limit=limit, offset=offset)
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], FILE_COLUMNS, f"{page['path']} is empty")
+        shown = page["offset"] + len(page["items"])
+        if shown < page["total"] or page.get("truncated"):
+            click.echo(f"({len(page['items'])} of {page['total']}{'+' if page.get('truncated') else ''} entries; "
+                       f"--offset {shown} for more)", err=True)
+
+    emit(listing, human)
+    return EXIT_OK
+
+
+@fs.command("cat")
+@click.argument("path")
+@infra_option
+@click.option("--offset", type=click.IntRange(0), help="First byte to read [default: 0].")
+@click.option("--length", type=click.IntRange(1, 4 * 1024 * 1024), help="Bytes to read [default: 64 KiB].")
+@click.option("--tail", type=click.IntRange(1, 4 * 1024 * 1024), help="Read the last N bytes instead.")
+@client_options
+def fs_cat(path: str, infrastructure: str, offset: int | None, length: int | None, tail: int | None) -> int:
+    """Print (part of) a file: its bytes as they are, at most 4 MiB (`fs get` for whole files)."""
+    import base64
+
+    record = _settings().client.read_file(infrastructure, path, offset=offset, length=length, tail=tail,
+                                          encoding="base64")
+    if _settings().as_json:
+        emit_json(record)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(base64.b64decode(record["data"]))
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+@fs.command("get")
+@click.argument("path")
+@click.argument("destination", required=False)
+@infra_option
+@client_options
+def fs_get(path: str, destination: str | None, infrastructure: str) -> int:
+    """Download a file (DESTINATION: a file or a directory, default its name here; '-' for stdout)."""
+    client = _settings().client
+    if destination == "-":
+        _, chunks = client.iter_download(infrastructure, path)
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(destination or os.path.basename(path.rstrip("/")) or "download")
+    if target.is_dir():
+        target = target / os.path.basename(path.rstrip("/"))
+    with _ByteProgress(f"get {os.path.basename(path)}", 0) as progress:
+        size = client.download_file(infrastructure, path, target, progress=progress)
+    emit({"path": path, "destination": str(target), "size": size},
+         lambda r: click.echo(f"{r['destination']}: {r['size']} bytes"))
+    return EXIT_OK
+
+
+@fs.command("put")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.argument("path")
+@infra_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@client_options
+def fs_put(source: str, path: str, infrastructure: str, overwrite: bool) -> int:
+    """Upload a small file (the gateway's files_upload_max, 4 MiB by default; transfers for big ones).
+    A PATH ending in '/' names a directory: the file keeps its name."""
+    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    if path.endswith("/") and source != "-":
+        path += os.path.basename(source)
+    with _ByteProgress(f"put {os.path.basename(path)}", len(data)) as progress:
+        record = _settings().client.upload_file(infrastructure, path, _CountingReader(data, progress),
+                                                overwrite=overwrite)
+    emit(record, lambda r: click.echo(f"{r['path']}: {r['size']} bytes"))
+    return EXIT_OK
+
+
+@fs.command("rm")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@infra_option
+@click.option("-r", "--recursive", is_flag=True, help="Remove directories and everything in them.")
+@client_options
+def fs_rm(paths: tuple[str, ...], infrastructure: str, recursive: bool) -> int:
+    """Remove files (and directories, with -r)."""
+    for path in paths:
+        _settings().client.remove_file(infrastructure, path, recursive=recursive)
+        if not _settings().as_json:
+            click.echo(f"removed {path}")
+    return EXIT_OK
+
+
+@fs.command("mkdir")
+@click.argument("path")
+@infra_option
+@client_options
+def fs_mkdir(path: str, infrastructure: str) -> int:
+    """Make a directory and its missing parents (mkdir -p)."""
+    record = _settings().client.make_directory(infrastructure, path)
+    emit(record, lambda r: click.echo(r["path"]))
+    return EXIT_OK
+
+
+@fs.command("mv")
+@click.argument("src")
+@click.argument("dst")
+@infra_option
+@client_options
+def fs_mv(src: str, dst: str, infrastructure: str) -> int:
+    """Move or rename (an existing DST is never replaced)."""
+    record = _settings().client.move_file(infrastructure, src, dst)
+    emit(record, lambda r: click.echo(f"{src} -> {r['path']}"))
+    return EXIT_OK
+
+
+@fs.command("sum")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@infra_option
+@client_options
+def fs_sum(paths: tuple[str, ...], infrastructure: str) -> int:
+    """SHA-256 of files, computed on the cluster (printed as sha256sum does)."""
+    records = [_settings().client.checksum_file(infrastructure, path) for path in paths]
+    if _settings().as_json:
+        emit_json(records if len(records) > 1 else records[0])
+    else:
+        for path, record in zip(paths, records, strict=True):
+            click.echo(f"{record['sha256']}  {path}")
+    return EXIT_OK
 
 
 # -- events ----------------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ class Config:
     # ones are answered 413. A job script's own cap (1 MiB characters, in the contract) lies within it:
     # a full-size script JSON-escaped as \uXXXX takes 6 MiB.
     max_body_size: int = 8 * 1024**2
+    # Largest file uploaded through POST /infrastructure/{name}/files/upload (bytes; the guard answers 413
+    # from Content-Length before reading). Bigger files go through transfers (/data, /s3_data).
+    files_upload_max: int = 4 * 1024**2
+    # Files streamed at once by this process (GET .../files/download); more are answered 503. Each holds
+    # one of the API's WSGI worker threads (10) while it streams, so this keeps the API answering.
+    files_downloads: int = 4
     # Networks a cluster's SSH host may resolve to although not public. Clusters usually sit on private
     # networks, so those are admitted by default; link-local and cloud metadata addresses are refused
     # whatever this says (the same AddressPolicy as transfer sources, hpc.staging.addresses).
@@ -268,6 +274,8 @@ _CONVERTERS = {
     "source_allow_networks": _parse_networks,
     "cluster_allow_networks": _parse_networks,
     "max_body_size": parse_size,
+    "files_upload_max": parse_size,
+    "files_downloads": int,
     "transfer_workers": int,
     "transfer_retries": int,
     "transfer_retry_delay": float,

@@ -77,7 +77,9 @@ def served_app(app: connexion.FlaskApp):
     config = app.gateway.config
     guard = RequestGuard(with_fast_path(app), app.spec, max_body_size=config.max_body_size,
                          auth_enabled=config.auth_enabled, authenticate=app.gateway.authenticate,
-                         on_refused=record_failure)
+                         on_refused=record_failure,
+                         body_limits={("POST", "/infrastructure/{infrastructure_name}/files/upload"):
+                                      (config.files_upload_max, "files_upload_max")})
     return RequestMetrics(guard, app.spec)
 
 

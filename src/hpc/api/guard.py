@@ -3,11 +3,13 @@
 Connexion and Starlette assume well-formed requests, so some hostile ones broke them with a 500 or cost
 memory without bound. The guard answers those itself, with a problem+json document:
 
-- **413** for a body larger than ``max_body_size``: the ``Content-Length`` header is checked before a
-  byte is read, and a body without one (chunked) is counted as it streams in, so no request can make the
-  gateway hold more than the limit;
+- **413** for a body larger than ``max_body_size``, or than an operation's own smaller limit
+  (``body_limits``: the files upload and ``files_upload_max``): the ``Content-Length`` header is checked
+  before a byte is read, and a body without one (chunked) is counted as it streams in, so no request can
+  make the gateway hold more than the limit;
 - **400** for a body that is not UTF-8 or whose JSON nests deeper than :data:`MAX_DEPTH` (Python's JSON
-  parser recurses and would fail with a RecursionError);
+  parser recurses and would fail with a RecursionError); an ``application/octet-stream`` body (a file
+  upload) is bytes, and is not checked;
 - **400** for a control character (newline, NUL...) in a path parameter, naming the parameter: Starlette's
   mount pattern does not match such a path, and the request fell through to Flask outside any operation;
 - **405** with the ``Allow`` header the contract gives for the path;
@@ -48,6 +50,7 @@ class Route:
     pattern: re.Pattern
     methods: frozenset[str]
     secured: frozenset[str]
+    template: str = ""
 
     @property
     def allow(self) -> str:
@@ -67,7 +70,7 @@ def routes_of(spec: dict[str, Any]) -> list[Route]:
         regex += re.escape(template[last:])
         methods = {m.upper(): op for m, op in operations.items() if m in _METHODS and isinstance(op, dict)}
         secured = {m for m, op in methods.items() if any(op.get("security", default_security))}
-        routes.append(Route(re.compile(regex, re.DOTALL), frozenset(methods), frozenset(secured)))
+        routes.append(Route(re.compile(regex, re.DOTALL), frozenset(methods), frozenset(secured), template))
     return routes
 
 
@@ -112,10 +115,13 @@ class RequestGuard:
     """ASGI middleware in front of the API (see the module's docstring)."""
 
     def __init__(self, app, spec: dict[str, Any], *, max_body_size: int, auth_enabled: bool,
-                 authenticate: Authenticate | None = None, tokens=(), on_refused=None):
+                 authenticate: Authenticate | None = None, tokens=(), on_refused=None,
+                 body_limits: dict[tuple[str, str], tuple[int, str]] | None = None):
         self.app = app
         self.routes = routes_of(spec)
         self.max_body_size = max_body_size
+        # (METHOD, path template) -> (bytes, the setting's name): operations with a smaller limit.
+        self.body_limits = body_limits or {}
         self.auth_enabled = auth_enabled
         self._authenticate = authenticate or configured_tokens(tokens)
         self._on_refused = on_refused  # called with the AuthenticationFailed of each 401 for a bad token
@@ -141,18 +147,22 @@ class RequestGuard:
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_size):
-            await self._too_large(send)
+        limit, setting = self.body_limits.get((method, route.template) if route else None,
+                                              (self.max_body_size, "max_body_size"))
+        limit = min(limit, self.max_body_size)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(send, limit, setting)
             return
         if method in ("GET", "HEAD", "DELETE", "OPTIONS") and length in (None, b"0") \
                 and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)
             return
-        body, more = await self._read_body(receive)
+        body, more = await self._read_body(receive, limit)
         if body is None:
-            await self._too_large(send)
+            await self._too_large(send, limit, setting)
             return
-        if body and route is not None:
+        binary = headers.get(b"content-type", b"").split(b";")[0].strip().lower() == b"application/octet-stream"
+        if body and route is not None and not binary:
             if not await self._authorized(scope, route, send):
                 return
             if len(body) < _THREAD_FROM:
@@ -175,7 +185,7 @@ class RequestGuard:
                 return route, match.groupdict()
         return None, {}
 
-    async def _read_body(self, receive) -> tuple[bytes | None, bool]:
+    async def _read_body(self, receive, limit: int) -> tuple[bytes | None, bool]:
         """The whole body, or None as soon as it passes the limit (the rest is never read)."""
         chunks, size = [], 0
         while True:
@@ -184,7 +194,7 @@ class RequestGuard:
                 return b"".join(chunks), False
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_size:
+            if size > limit:
                 return None, False
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -237,10 +247,9 @@ class RequestGuard:
             await self._answer(send, 503, "Service Unavailable", exc.detail)
         return False
 
-    async def _too_large(self, send) -> None:
+    async def _too_large(self, send, limit: int, setting: str) -> None:
         await self._answer(send, 413, "Payload Too Large",
-                           f"the request body is larger than {self.max_body_size} bytes, the gateway's limit "
-                           "(max_body_size)")
+                           f"the request body is larger than {limit} bytes, the gateway's limit ({setting})")
 
     @staticmethod
     async def _answer(send, status: int, title: str, detail: str, field: str | None = None,

@@ -126,6 +126,10 @@ class AuditAction(Enum):
     template_deprecate = 'template.deprecate'
     token_create = 'token.create'
     token_revoke = 'token.revoke'
+    file_upload = 'file.upload'
+    file_mkdir = 'file.mkdir'
+    file_remove = 'file.remove'
+    file_move = 'file.move'
 
 
 class AuditEntry(BaseModel):
@@ -795,6 +799,75 @@ class CallbackSubscription(BaseModel):
     secret: str = Field(
         ..., description="The signing secret of the callback's deliveries. Shown once."
     )
+
+
+class FileType(Enum):
+    file = 'file'
+    directory = 'directory'
+    symlink = 'symlink'
+    other = 'other'
+
+
+class FileEntry(BaseModel):
+    name: str
+    path: str = Field(..., description='The absolute path on the cluster.')
+    type: FileType
+    size: int = Field(..., description='Bytes (of the link itself for a symlink).')
+    mtime: AwareDatetime
+    mode: str | None = Field(None, description='Permission bits in octal, e.g. "0644".')
+    realpath: str | None = Field(
+        None,
+        description='Where the path leads once the cluster resolved its symbolic links.',
+    )
+
+
+class FileList(BaseModel):
+    path: str = Field(..., description="The directory's absolute path on the cluster.")
+    items: list[FileEntry]
+    total: int
+    limit: int
+    offset: int
+    truncated: bool | None = Field(
+        None, description='True when the directory holds more entries than were read.'
+    )
+
+
+class Encoding(Enum):
+    utf_8 = 'utf-8'
+    base64 = 'base64'
+
+
+class FileContent(BaseModel):
+    path: str
+    offset: int = Field(..., description='Where the bytes read start.')
+    next_offset: int | None = None
+    size: int = Field(..., description="The file's size now.")
+    data: str
+    encoding: Encoding
+    eof: bool = Field(
+        ..., description='True when the read reached the end of the file.'
+    )
+
+
+class FileChecksum(BaseModel):
+    path: str
+    size: int
+    sha256: str = Field(..., pattern='^[0-9a-f]{64}$')
+
+
+class DirectoryRequest(BaseModel):
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    path: str = Field(..., max_length=4096, min_length=1)
+
+
+class MoveRequest(BaseModel):
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    src: str = Field(..., max_length=4096, min_length=1)
+    dst: str = Field(..., max_length=4096, min_length=1)
 
 
 class InfrastructureSettings(BaseModel):

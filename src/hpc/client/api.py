@@ -36,6 +36,10 @@ from hpc.client.records import (
     JobStatus,
     JobTask,
     Event,
+    FileChecksum,
+    FileContent,
+    FileEntry,
+    FileList,
     Page,
     Subscription,
     Template,
@@ -142,6 +146,32 @@ class Client:
                                             headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise errors.GatewayUnreachable(self.url, exc) from None
+        self._raise_for(response, method, url)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def _raw(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, data: Any = None,
+             headers: Mapping[str, str] | None = None, stream: bool = False) -> requests.Response:
+        """Sends one request with a raw body and/or a raw (optionally streamed) answer."""
+        url = f"{self.url}{path}"
+        sent = {"Accept": "*/*", **(headers or {})}
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = self.session.request(method, url, params=_clean(params or {}), data=data, headers=sent,
+                                            timeout=self.timeout, stream=stream)
+        except requests.RequestException as exc:
+            raise errors.GatewayUnreachable(self.url, exc) from None
+        try:
+            self._raise_for(response, method, url)
+        except errors.ApiError:
+            response.close()
+            raise
+        return response
+
+    @staticmethod
+    def _raise_for(response: requests.Response, method: str, url: str) -> None:
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -150,9 +180,6 @@ class Client:
             except ValueError:
                 problem = {"title": response.reason or "", "detail": response.text[:500].strip()}
             raise errors.api_error(response.status_code, problem, method, url)
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
 
     def _get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
@@ -399,6 +426,93 @@ class Client:
     def deprecate_template(self, name: str) -> None:
         """DELETE /template/{name}: refuses new jobs from it (admin); its versions stay readable."""
         self.request("DELETE", f"/template/{_segment(name)}")
+
+    # -- the cluster's files -----------------------------------------------------------------------
+    # Paths are relative to the cluster user's home unless absolute, and must lie in the allowed roots.
+
+    def list_files(self, infrastructure: str, path: str = "~", *, limit: int | None = None,
+                   offset: int | None = None) -> FileList:
+        """GET /infrastructure/{name}/files: a page of a directory's entries, by name."""
+        return self.request("GET", f"/infrastructure/{_segment(infrastructure)}/files",
+                            params={"path": path, "limit": limit, "offset": offset})
+
+    def stat_file(self, infrastructure: str, path: str) -> FileEntry:
+        """GET /infrastructure/{name}/files/stat: the entry itself and where it leads (``realpath``)."""
+        return self.request("GET", f"/infrastructure/{_segment(infrastructure)}/files/stat", params={"path": path})
+
+    def read_file(self, infrastructure: str, path: str, *, offset: int | None = None, length: int | None = None,
+                  tail: int | None = None, encoding: str | None = None) -> FileContent:
+        """GET /infrastructure/{name}/files/content: at most 4 MiB, from ``offset`` or the last ``tail`` bytes."""
+        return self.request("GET", f"/infrastructure/{_segment(infrastructure)}/files/content",
+                            params={"path": path, "offset": offset, "length": length, "tail": tail,
+                                    "encoding": encoding})
+
+    def iter_download(self, infrastructure: str, path: str, *, start: int | None = None, end: int | None = None,
+                      chunk_size: int = 1024 * 1024) -> tuple[int, Iterator[bytes]]:
+        """GET /infrastructure/{name}/files/download, streamed: ``(bytes coming, chunks)``; bytes
+        ``[start, end)`` when either is given (a Range request)."""
+        headers = {}
+        if start is not None or end is not None:
+            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        response = self._raw("GET", f"/infrastructure/{_segment(infrastructure)}/files/download",
+                             params={"path": path}, headers=headers, stream=True)
+        length = int(response.headers.get("Content-Length", "0"))
+
+        def chunks() -> Iterator[bytes]:
+            with response:
+                yield from response.iter_content(chunk_size)
+
+        return length, chunks()
+
+    def download_file(self, infrastructure: str, path: str, destination: str | os.PathLike, *,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """Downloads a file to ``destination`` (written beside it, then renamed); returns its size.
+        ``progress(done, total)`` is called as chunks arrive.
+
+        Raises:
+            ApiError: As the gateway answered.
+            OSError: The stream ended early (nothing is left at ``destination``).
+        """
+        total, chunks = self.iter_download(infrastructure, path)
+        temporary = f"{os.fspath(destination)}.part"
+        done = 0
+        with open(temporary, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        if done != total:
+            os.unlink(temporary)
+            raise OSError(f"the download of {path} stopped after {done} of {total} bytes")
+        os.replace(temporary, destination)
+        return done
+
+    def upload_file(self, infrastructure: str, path: str, data: bytes | Any, *, overwrite: bool = False) -> FileEntry:
+        """POST /infrastructure/{name}/files/upload: a small file (``files_upload_max``, 4 MiB by default);
+        ``data``: bytes, or a file-like object with a length (read in blocks as it is sent)."""
+        response = self._raw("POST", f"/infrastructure/{_segment(infrastructure)}/files/upload",
+                             params={"path": path, "overwrite": "true" if overwrite else None}, data=data,
+                             headers={"Content-Type": "application/octet-stream"})
+        return response.json()
+
+    def make_directory(self, infrastructure: str, path: str) -> FileEntry:
+        """POST /infrastructure/{name}/files/directory: ``mkdir -p``."""
+        return self.request("POST", f"/infrastructure/{_segment(infrastructure)}/files/directory", json={"path": path})
+
+    def remove_file(self, infrastructure: str, path: str, *, recursive: bool = False) -> None:
+        """DELETE /infrastructure/{name}/files: a file, or a directory tree with ``recursive``."""
+        self.request("DELETE", f"/infrastructure/{_segment(infrastructure)}/files",
+                     params={"path": path, "recursive": "true" if recursive else None})
+
+    def move_file(self, infrastructure: str, src: str, dst: str) -> FileEntry:
+        """POST /infrastructure/{name}/files/move: never replaces an existing ``dst``."""
+        return self.request("POST", f"/infrastructure/{_segment(infrastructure)}/files/move",
+                            json={"src": src, "dst": dst})
+
+    def checksum_file(self, infrastructure: str, path: str) -> FileChecksum:
+        """GET /infrastructure/{name}/files/sha256: computed on the cluster."""
+        return self.request("GET", f"/infrastructure/{_segment(infrastructure)}/files/sha256", params={"path": path})
 
     # -- transfers ---------------------------------------------------------------------------------
 

@@ -197,6 +197,43 @@ class TransferStatus(TypedDict, total=False):
     updated_at: str
 
 
+class FileEntry(TypedDict, total=False):
+    """One file or directory on a cluster (``/infrastructure/{name}/files...``)."""
+
+    name: str
+    path: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    mtime: str
+    mode: str
+    realpath: str
+
+
+class FileList(TypedDict, total=False):
+    path: str
+    items: list[FileEntry]
+    total: int
+    limit: int
+    offset: int
+    truncated: bool
+
+
+class FileContent(TypedDict, total=False):
+    path: str
+    offset: int
+    next_offset: int
+    size: int
+    data: str
+    encoding: Literal["utf-8", "base64"]
+    eof: bool
+
+
+class FileChecksum(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
 class Page(TypedDict):
     items: list
     total: int

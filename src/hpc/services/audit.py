@@ -19,8 +19,8 @@ from hpc.security import Principal
 from hpc.store import Store
 from hpc.store.tables import utcnow
 
-# The actions recorded so far; a new kind of admin action adds its name here (and to the contract's
-# AuditAction enum, which documents them).
+# The actions recorded so far (admin actions, and every write through the files operations by any role);
+# a new kind of action adds its name here (and to the contract's AuditAction enum, which documents them).
 ACTIONS = (
     "infrastructure.register",
     "infrastructure.update",
@@ -30,6 +30,10 @@ ACTIONS = (
     "template.deprecate",
     "token.create",
     "token.revoke",
+    "file.upload",
+    "file.mkdir",
+    "file.remove",
+    "file.move",
 )
 
 

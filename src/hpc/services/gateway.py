@@ -9,6 +9,7 @@ from hpc.config import Config
 from hpc.security import SecretBox
 from hpc.services.audit import AuditLog
 from hpc.services.events import EventService
+from hpc.services.files import FileService
 from hpc.services.health import StoreProbe
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.jobs import JobService
@@ -41,6 +42,7 @@ class Gateway:
         self.webhooks = WebhookService(config, self.store, self.secrets)
         self.event_hub = None  # the SSE fan-out, set by hpc.api.sse when the stream layer is mounted
         self.audit = AuditLog(self.store)
+        self.files = FileService(config, self.store, self.infrastructures, self.audit)
         self.tokens = TokenService(self.store, self.audit)
         # The one check of every request's bearer credential (configured, API-made, OpenID Connect).
         self.authenticate = Authenticator(config, self.tokens, OidcVerifier.from_config(config))

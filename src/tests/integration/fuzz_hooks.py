@@ -6,7 +6,10 @@ They keep the generated requests local and let some reach the deep paths:
   and transfer creation gets past the lookup to its own checks;
 - every address a request would make the gateway resolve or connect to is an IP literal on this box or
   a link-local one (refused before any connection): registration and PATCH hosts, HTTP sources, S3
-  endpoints. No fuzzed host name ever reaches DNS.
+  endpoints. No fuzzed host name ever reaches DNS;
+- ``GET /events`` reads the stored events and ends (``follow=false`` where the case left it out or
+  valid): a followed stream never ends, and Schemathesis reads each one for the whole request timeout
+  (60 s a case, once the stream's schema lets its events pass).
 
 The choices depend on the generated value only (no randomness of their own), so a seed reproduces a run.
 """
@@ -56,3 +59,13 @@ def map_path_parameters(context, path_parameters):
     if isinstance(name, str) and 1 <= len(name) <= 128 and context.operation.method.upper() == "GET":
         path_parameters["infrastructure_name"] = _pick(path_parameters, REGISTERED) or name
     return path_parameters
+
+
+@schemathesis.hook
+def map_query(context, query):
+    if context.operation.path != "/events" or not (query is None or isinstance(query, dict)):
+        return query
+    query = dict(query or {})
+    if query.get("follow", True) in (True, "true", "1"):
+        query["follow"] = "false"
+    return query
