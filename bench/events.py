@@ -208,7 +208,7 @@ def main() -> int:
     print(row("events recorded (reference)", results["recorded"], "events/s"))
     print(row(f"SSE, each of {args.streams} clients (the slowest)", results["sse"], "events/s", middle("recorded"),
               "recorded"))
-    print(f"# GET /job/{{id}} at 64 clients x 16 req/s (hey); goal p99 < 50 ms")
+    print("# GET /job/{id} at 64 clients x 16 req/s (hey); goal p99 < 50 ms")
     print(row("p99 with no stream open (reference)", results["p99_0"], "ms"))
     print(row(f"p99 with {subscribers} idle SSE subscribers", results["p99_n"], "ms", middle("p99_0"),
               "no stream", higher_is_better=False))

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -402,7 +401,9 @@ class Bench:
 
         def spread(values) -> dict | None:
             values = sorted(values)
-            return {"first_s": round(values[0], 1), "last_s": round(values[-1], 1), "n": len(values)} if values else None
+            if not values:
+                return None
+            return {"first_s": round(values[0], 1), "last_s": round(values[-1], 1), "n": len(values)}
 
         result = {
             "victim": victim_name, "killed_at": killed_at, "takeover_done_at": done_at,

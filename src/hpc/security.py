@@ -20,7 +20,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -131,7 +131,7 @@ class SecretBox:
         self._fernet = Fernet(key)
 
     @classmethod
-    def from_config(cls, key_text: str, key_file: Path) -> "SecretBox":
+    def from_config(cls, key_text: str, key_file: Path) -> SecretBox:
         """Uses ``key_text`` if given, else the key file, creating it (mode 0600) when missing."""
         if key_text:
             return cls(key_text.encode())

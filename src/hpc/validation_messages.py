@@ -7,7 +7,8 @@ so they can be returned and logged whatever the value holds. Used for request bo
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from jsonschema import ValidationError
 

@@ -58,7 +58,7 @@ class GatewayProcess:
     def key_dir(self) -> Path:
         return self.data_dir / "keys"
 
-    def start(self, timeout: float = 30) -> "GatewayProcess":
+    def start(self, timeout: float = 30) -> GatewayProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hpc.api.run"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -89,7 +89,7 @@ class GatewayProcess:
         """Ends the process at once, as a crash would (no clean shutdown)."""
         self.stop(signal.SIGKILL)
 
-    def restart(self) -> "GatewayProcess":
+    def restart(self) -> GatewayProcess:
         self.stop()
         return self.start()
 

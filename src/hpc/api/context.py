@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hpc.services.gateway import Gateway
 
-_gateway: "Gateway | None" = None
+_gateway: Gateway | None = None
 
 
-def set_gateway(gateway: "Gateway | None") -> None:
+def set_gateway(gateway: Gateway | None) -> None:
     global _gateway
     _gateway = gateway
 
 
-def gateway() -> "Gateway":
+def gateway() -> Gateway:
     if _gateway is None:
         raise RuntimeError("no gateway: create the app with hpc.api.app.create_app first")
     return _gateway

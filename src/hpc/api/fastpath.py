@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.errors import Unavailable
 from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed, Principal, configured_tokens

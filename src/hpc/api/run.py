@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.metrics_listen_port:
         metrics.serve(config.metrics_listen_host, config.metrics_listen_port)
     try:
-        uvicorn.run(served_app(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
+        uvicorn.run(served_app(app), host=config.listen_host, port=config.listen_port,
+                    log_level=config.log_level.lower(),
                     access_log=False, lifespan="off",
                     # Event streams (GET /events) never end by themselves: a shutdown cuts them after this.
                     timeout_graceful_shutdown=5)

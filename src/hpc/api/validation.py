@@ -18,8 +18,8 @@ Also here, because every request crosses them:
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import datetime, UTC
+from typing import Any
 from urllib.parse import parse_qsl
 
 from connexion.exceptions import BadRequestProblem
@@ -93,7 +93,7 @@ def parse_date_time(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError("needs a time zone (for example 2026-01-01T00:00:00Z)")
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except OverflowError:
         raise ValueError("is out of range once converted to UTC") from None
 

@@ -16,7 +16,8 @@ import json
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
 
 import requests
 
@@ -57,7 +58,7 @@ def parse_sse(lines: Iterable[bytes | str]) -> Iterator[dict[str, str]]:
             fields[name] = value
 
 
-def iter_events(client: "Client", *, kind: str | None = None, resource_id: str | Iterable[str] | None = None,
+def iter_events(client: Client, *, kind: str | None = None, resource_id: str | Iterable[str] | None = None,
                 type: str | Iterable[str] | None = None, last_event_id: int | None = None, follow: bool = True,
                 reconnect: bool = True, connected: threading.Event | None = None,
                 stop: threading.Event | None = None, opened=None) -> Iterator[dict[str, Any]]:
@@ -152,7 +153,7 @@ class ChangeNotifier:
     ``available`` is False when the gateway has no event stream (or it failed): callers then poll.
     """
 
-    def __init__(self, client: "Client", resource_ids: Iterable[str], connect_timeout: float = 10.0):
+    def __init__(self, client: Client, resource_ids: Iterable[str], connect_timeout: float = 10.0):
         self.available = False
         self._ids = sorted({str(r) for r in resource_ids})
         self._client = client
@@ -205,7 +206,7 @@ class ChangeNotifier:
         if response is not None:
             abort(response)
 
-    def __enter__(self) -> "ChangeNotifier":
+    def __enter__(self) -> ChangeNotifier:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from hpc.schedulers import template
 
@@ -140,7 +141,8 @@ cd {{root_dir}}
 {{pack_csv_output}}
 """
 
-_COMMAND_LINE = {"type": "array", "items": {"type": "string"}, "description": "One run: launcher, executable, 27 arguments."}
+_COMMAND_LINE = {"type": "array", "items": {"type": "string"},
+                 "description": "One run: launcher, executable, 27 arguments."}
 
 # The placeholders' values as template_values derives them (a request names services and params instead).
 PARAMETERS_SCHEMA = {

@@ -15,7 +15,8 @@ table with their own check.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from hpc.schedulers.arrays import condition_outcome
 
@@ -33,7 +34,8 @@ def unsatisfiable_reason(dep: Mapping[str, Any]) -> str:
     """The reason a dependant is cancelled for this dependency (names the predecessor)."""
     state = dep.get("target_state")
     if state is None:
-        return f"dependency on job {dep['target_id']} (after {dep['condition']}) can never be satisfied: that job no longer exists"
+        return (f"dependency on job {dep['target_id']} (after {dep['condition']}) can never be satisfied: "
+                "that job no longer exists")
     return (f"dependency on job {dep['target_id']} (after {dep['condition']}) can never be satisfied: "
             f"that job ended {state}")
 
@@ -41,7 +43,8 @@ def unsatisfiable_reason(dep: Mapping[str, Any]) -> str:
 def _waiting_for(dep: Mapping[str, Any]) -> str:
     state = dep.get("target_state")
     if dep["mode"] == "native":
-        return f"job {dep['target_id']} to be submitted (after {dep['condition']}, enforced by the scheduler; it is {state})"
+        return (f"job {dep['target_id']} to be submitted (after {dep['condition']}, enforced by the scheduler; "
+                f"it is {state})")
     return f"job {dep['target_id']} to end (after {dep['condition']}; it is {state})"
 
 

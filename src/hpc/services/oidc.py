@@ -66,7 +66,7 @@ class OidcSettings:
     leeway: float = 30.0
 
     @classmethod
-    def from_config(cls, config: Config) -> "OidcSettings":
+    def from_config(cls, config: Config) -> OidcSettings:
         return cls(config.oidc_issuer, config.oidc_audience, tuple(config.oidc_algorithms),
                    config.oidc_principal_claim, config.oidc_role_claim, tuple(config.oidc_role_map),
                    config.oidc_leeway)
@@ -240,7 +240,7 @@ class OidcVerifier:
         self.source = source
 
     @classmethod
-    def from_config(cls, config: Config) -> "OidcVerifier | None":
+    def from_config(cls, config: Config) -> OidcVerifier | None:
         if not config.oidc_issuer:
             return None
         return cls(OidcSettings.from_config(config), JwksSource(config.oidc_jwks, config.oidc_jwks_refresh))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import referencing
@@ -52,7 +52,7 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # Keywords that name or move a schema's base URI, or refer by anchor: refused, so that every reference is
 # a JSON pointer into the one document (checked to resolve) and no URI is ever looked up.
 _REFUSED_KEYWORDS = ("$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveRef", "$recursiveAnchor")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # No registry entry is ever fetched: a reference outside the schema (refused at registration) could
 # otherwise make jsonschema retrieve a URL.
 _NO_RETRIEVAL = referencing.Registry()

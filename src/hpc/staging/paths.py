@@ -11,7 +11,7 @@ cluster's ``realpath`` of the parent directory, so a symbolic link inside a root
 from __future__ import annotations
 
 import posixpath
-from typing import Sequence
+from collections.abc import Sequence
 
 # Longest file name most cluster file systems accept.
 _NAME_MAX = 255

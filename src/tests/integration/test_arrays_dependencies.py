@@ -57,7 +57,8 @@ def events(gateway, job_id: str, kind: str) -> list[str]:
 
 @pytest.mark.parametrize("infra", SCHEDULERS)
 def test_twenty_task_array_reports_each_task(registered, infra):
-    script = 'echo "task $HPC_ARRAY_TASK_ID of $HPC_ARRAY_TASK_COUNT"\n[ "$HPC_ARRAY_TASK_ID" = 13 ] && { echo boom >&2; exit 5; }\nexit 0\n'
+    script = ('echo "task $HPC_ARRAY_TASK_ID of $HPC_ARRAY_TASK_COUNT"\n'
+              '[ "$HPC_ARRAY_TASK_ID" = 13 ] && { echo boom >&2; exit 5; }\nexit 0\n')
     before, started = stats(registered, infra), time.monotonic()
     job = submit(registered, infra, name="twenty", script=script, array="0-19%4")
     assert job["array"] == {"spec": "0-19%4", "size": 20, "counts": {"queued": 20}}
@@ -84,7 +85,8 @@ def test_twenty_task_array_reports_each_task(registered, infra):
     out = registered.get(f"/job/{job['id']}/output", token="user", params={"task": 13}).json()
     err = registered.get(f"/job/{job['id']}/output", token="user", params={"task": 13, "stream": "stderr"}).json()
     assert (out["data"], err["data"], out["job_state"]) == ("task 13 of 20\n", "boom\n", "failed")
-    assert registered.get(f"/job/{job['id']}/output", token="user", params={"task": 7}).json()["data"] == "task 7 of 20\n"
+    seventh = registered.get(f"/job/{job['id']}/output", token="user", params={"task": 7}).json()
+    assert seventh["data"] == "task 7 of 20\n"
     missing = registered.get(f"/job/{job['id']}/output", token="user", params={"task": 20})
     assert (missing.status_code, missing.json()["field"]) == (400, "task")
     assert len(events(registered, job["id"], "job.tasks")) >= 2  # counts changed at least twice
@@ -125,7 +127,7 @@ def test_cancel_cancels_every_task(registered, testbed):
     for job in jobs.values():
         wait_job(registered, job["id"], until=lambda j: j["array"]["counts"].get("running"), timeout=120)
         assert registered.delete(f"/job/{job['id']}", token="user").status_code == 202
-    for infra, job in jobs.items():
+    for job in jobs.values():
         ended = wait_job(registered, job["id"], timeout=120)
         assert (ended["state"], ended["array"]["counts"]) == ("cancelled", {"cancelled": 6}), ended
         first, *rest = tasks(registered, job["id"])["items"]

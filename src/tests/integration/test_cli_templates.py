@@ -37,7 +37,8 @@ def test_template_add_list_show_and_a_dry_run_then_the_same_job(gateway, testbed
     assert human.returncode == 0, human.stderr
     assert human.stdout.startswith("# dry run on tb-slurm (slurm): nothing was submitted\n")
     assert "# resources: walltime=00:05:00\n" in human.stdout
-    assert "/payload.sh <==\n#!/bin/bash\nprintf '%s|' 'it'\"'\"'s $(id) `id`\nEOF'\nprintf 'n=%s\\n' 3\n" in human.stdout
+    assert ("/payload.sh <==\n#!/bin/bash\nprintf '%s|' 'it'\"'\"'s $(id) `id`\nEOF'\n"
+            "printf 'n=%s\\n' 3\n") in human.stdout
     dry = cli_json(gateway, *submit, "--dry-run", token="user")
     assert cli_json(gateway, "job", "list", token="admin")["total"] == 0
     done = cli_json(gateway, *submit, "--reservation", dry["reservation"], "--wait", "--poll", "0.3", token="user")

@@ -126,7 +126,7 @@ def rss(pid: int) -> int:
 
 def send_large(port: int, token: str, size: int, chunked: bool) -> int:
     """Streams ``size`` bytes at the gateway; returns the status it answered (read as soon as it comes)."""
-    head = [f"POST /job HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Authorization: Bearer {token}",
+    head = ["POST /job HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Authorization: Bearer {token}",
             "Content-Type: application/json"]
     head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}")
     block = b"a" * 65536

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 import sqlalchemy as sa
@@ -88,7 +88,7 @@ def test_new_database_is_created_at_head_and_agrees_with_the_revisions(engine):
     assert migrate(engine) == head_revision()  # a second start changes nothing
 
 
-T0 = datetime(2026, 11, 30, 8, 15, 30, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, 8, 15, 30, 123456, tzinfo=UTC)
 
 
 def release_1_0_rows() -> dict[str, list[dict]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import jwt
 import pytest
@@ -111,12 +111,12 @@ def test_a_token_made_on_one_replica_is_refused_on_the_other_within_a_second_of_
 
 def test_an_expired_token_is_refused_at_once_everywhere(replicas):
     first, second = replicas
-    expires = datetime.now(timezone.utc) + timedelta(seconds=3)
+    expires = datetime.now(UTC) + timedelta(seconds=3)
     made = first.post("/token", {"name": "short", "role": "user", "expires_at": expires.isoformat()})
     assert made.status_code == 201, made.text
     token = made.json()["token"]
     assert call(second, "GET", "/job", token).status_code == 200  # remembered by the second replica
-    time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
     for gateway in (second, first):
         assert refused_because(call(gateway, "GET", "/job", token)) == "the token has expired"
     assert first.get(f"/token/{made.json()['id']}").json()["state"] == "expired"
@@ -124,7 +124,7 @@ def test_an_expired_token_is_refused_at_once_everywhere(replicas):
 
 def test_token_requests_are_checked(replicas):
     first, _ = replicas
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     for body, field in [({"name": "x", "role": "root"}, "role"), ({"name": "", "role": "user"}, "name"),
                         ({"name": "has space", "role": "user"}, "name"), ({"role": "user"}, "name"),
                         ({"name": "x", "role": "user", "expires_at": past}, "expires_at"),
@@ -154,7 +154,7 @@ def test_the_audit_log_lists_admin_actions(replicas, testbed):
     assert (page["total"], [e["action"] for e in page["items"]]) == (4, ["infrastructure.delete"])
     assert first.get("/audit", params={"action": "infrastructure.register"}).json()["total"] == 2
     assert first.get("/audit", params={"principal": "nobody"}).json()["total"] == 0
-    since = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+    since = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     assert first.get("/audit", params={"since": since}).json()["total"] == 0
     assert first.get("/audit", params={"action": "made.up"}).status_code == 400
     assert first.get("/audit", token="user").status_code == 403

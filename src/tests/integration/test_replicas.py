@@ -208,7 +208,7 @@ def test_a_killed_replica_has_its_polls_and_transfers_taken_over_and_nothing_is_
 
     for job in jobs:
         ended = wait_for(lambda: (lambda j: j if j["status"] == "completed" else None)(
-            replicas.get(f"/job/{job['id']}", token="user").json()), 180, f"job {job['name']}", period=0.5)
+            replicas.get(f"/job/{job['id']}", token="user").json()), 180, f"job {job['name']}", period=0.5)  # noqa: B023 (called in this iteration)
         assert (ended["state"], ended["exit_code"]) == ("completed", 0), ended
     for index in range(len(jobs)):
         assert (absolute / f"job-{index}.log").read_text() == "once\n"
@@ -220,7 +220,7 @@ def test_a_killed_replica_has_its_polls_and_transfers_taken_over_and_nothing_is_
     completions = replicas.completions()
     for kind, source, response in transfers:
         record = wait_for(lambda: (lambda r: r if r["status"] != "transferring" else None)(
-            replicas.get(f"/{kind}/{response.json()['id']}", token="user").json()), 120, f"transfer {source}")
+            replicas.get(f"/{kind}/{response.json()['id']}", token="user").json()), 120, f"transfer {source}")  # noqa: B023 (called in this iteration)
         assert (record["state"], record["sha256"]) == ("completed", source["sha256"]), record
         assert completions[record["id"]] == 1
         if record["id"] in held:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from hpc.services import job_arrays, job_dependencies
 from hpc.services.job_arrays import TaskFiles, decide_task, needs_files, parse_task_line, read_command, summary
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 # -- the array spec ------------------------------------------------------------------------------------
@@ -215,9 +215,9 @@ def test_read_command_prints_started_tasks_only(tmp_path):
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["t 0|1796142421 16105|1796142424|3", "t 4|1796142430 16110||"]
     parsed = dict(parse_task_line(line) for line in out.splitlines())
-    assert parsed[0] == TaskFiles(datetime.fromtimestamp(1796142421, timezone.utc), "16105",
-                                  datetime.fromtimestamp(1796142424, timezone.utc), 3)
-    assert parsed[4] == TaskFiles(datetime.fromtimestamp(1796142430, timezone.utc), "16110", None, None)
+    assert parsed[0] == TaskFiles(datetime.fromtimestamp(1796142421, UTC), "16105",
+                                  datetime.fromtimestamp(1796142424, UTC), 3)
+    assert parsed[4] == TaskFiles(datetime.fromtimestamp(1796142430, UTC), "16110", None, None)
 
 
 def test_read_command_with_no_task_directory_prints_nothing(tmp_path):
@@ -258,7 +258,8 @@ def native(state, word="X", reason=None, exit_code=None):
 
 
 def files(started=True, ended=True, code=None, own="77"):
-    return TaskFiles(NOW - timedelta(seconds=30) if started else None, own, NOW - timedelta(seconds=5) if ended else None,
+    return TaskFiles(NOW - timedelta(seconds=30) if started else None, own,
+                     NOW - timedelta(seconds=5) if ended else None,
                      code)
 
 
@@ -275,7 +276,8 @@ def test_listed_task_moves_forward_only():
 
 def test_started_file_proves_a_start_the_scheduler_does_not_list():
     change = decide(task(), native(JobState.QUEUED, "Q"), files(ended=False))
-    assert (change["state"], change["scheduler_id"], change["started_at"]) == ("running", "77", NOW - timedelta(seconds=30))
+    assert (change["state"], change["scheduler_id"], change["started_at"]) == ("running", "77",
+                                                                                NOW - timedelta(seconds=30))
 
 
 @pytest.mark.parametrize(("code", "state"), [(0, "completed"), (3, "failed"), (137, "failed"), (143, "cancelled")])
@@ -293,7 +295,8 @@ def test_terminal_listing_that_is_not_completed_wins_over_the_exit_code():
     assert decide(task("running"), native(JobState.TIMEOUT, "TIMEOUT"), files(code=0))["state"] == "timeout"
     assert decide(task("running"), native(JobState.COMPLETED, "COMPLETED"), files(code=0))["state"] == "completed"
     assert decide(task("running"), native(JobState.TIMEOUT, "TIMEOUT"), files(code=143))["state"] == "timeout"
-    assert decide(task("running"), native(JobState.FAILED, "FAILED"), files(code=143), cancel=True)["state"] == "cancelled"
+    decided = decide(task("running"), native(JobState.FAILED, "FAILED"), files(code=143), cancel=True)
+    assert decided["state"] == "cancelled"
 
 
 def test_killed_task_without_exit_code_takes_the_schedulers_outcome():
@@ -307,7 +310,8 @@ def test_vanished_task_without_files_becomes_unknown_after_three_polls():
     assert decide(task(), None, TaskFiles()) == {"missing_polls": 1}
     assert decide(task(missing_polls=1), None, TaskFiles()) == {"missing_polls": 2}
     change = decide(task(missing_polls=2), None, TaskFiles())
-    assert (change["state"], change["reason"]) == ("unknown", "the task left the scheduler's queue without an exit code")
+    assert (change["state"], change["reason"]) == ("unknown",
+                                                   "the task left the scheduler's queue without an exit code")
     change = decide(task(missing_polls=2), None, TaskFiles(), cancel=True)
     assert (change["state"], change["reason"]) == ("cancelled", "cancelled before it ran")
 
@@ -389,9 +393,11 @@ def test_task_and_dependency_tables(tmp_path):
     store.jobs.insert(job_row("held-1", "held", spec={"after": [{"job": "pred", "condition": "ok"}]}))
     store.jobs.insert(job_row("done", "completed"))
     dep = {"kind": "job", "condition": "ok", "mode": "gateway", "native": None, "updated_at": now}
-    store.dependencies.insert_many([{**dep, "job_id": "held-1", "position": 0, "target_id": "pred", "state": "satisfied"},
+    store.dependencies.insert_many([{**dep, "job_id": "held-1", "position": 0, "target_id": "pred",
+                                     "state": "satisfied"},
                                     {**dep, "job_id": "done", "position": 0, "target_id": "pred", "state": "pending"},
-                                    {**dep, "job_id": "held-1", "position": 1, "target_id": "gone", "state": "satisfied"}])
+                                    {**dep, "job_id": "held-1", "position": 1, "target_id": "gone",
+                                     "state": "satisfied"}])
     pending = store.dependencies.pending(ended)
     # A held job is looked at although every dependency is decided; an ended job's never is.
     assert [(d["job_id"], d["position"], d["target_state"]) for d in pending] == [

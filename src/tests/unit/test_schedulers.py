@@ -559,7 +559,8 @@ def test_controller_down_is_unavailable_not_a_refusal(sched_name, case):
 
 @pytest.mark.parametrize(
     ("sched_name", "case"),
-    [(s, c) for s in NAMES for c in ("submit_bad_partition", "submit_over_limit")] + [("pbs", "submit_pbspro_bad_queue")],
+    [(s, c) for s in NAMES for c in ("submit_bad_partition", "submit_over_limit")]
+    + [("pbs", "submit_pbspro_bad_queue")],
 )
 def test_real_refusals_are_not_unavailable(sched_name, case):
     sched, _, result = parse(sched_name, case)
@@ -845,7 +846,7 @@ def test_sge_reused_job_number_takes_the_last_accounting_record():
 
 
 def test_sge_failed_accounting_read_reports_nothing_ended():
-    out = f"<job_info/>\n@@hpc-rc=0\nawk: cannot open file\n@@hpc-rc=2\n"
+    out = "<job_info/>\n@@hpc-rc=0\nawk: cannot open file\n@@hpc-rc=2\n"
     assert SgeScheduler().parse_status(0, out, "", ["9"]) == {}
 
 

@@ -14,7 +14,8 @@ from hpc.errors import InvalidInput
 
 
 def params(**overrides):
-    return JobRequestParams.model_validate({"read_input_data": "/Init_Data/in.csv", **overrides}).model_dump(mode="json")
+    params = JobRequestParams.model_validate({"read_input_data": "/Init_Data/in.csv", **overrides})
+    return params.model_dump(mode="json")
 
 
 @pytest.mark.parametrize(
