@@ -4,7 +4,7 @@ A scheduler adapter is pure: it builds command strings and batch scripts and par
 printed, given as ``(exit_code, stdout, stderr)``. It never runs anything, reads no clock and touches no
 file or database; only the service layer runs the commands (through the SSH runner) and stores results.
 
-Every value that reaches a remote shell goes through :func:`hpc.ssh.quoting.quote` exactly once.
+Every value that reaches a remote shell goes through :func:`hpc.shell.quote` exactly once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 log = logging.getLogger(__name__)
 

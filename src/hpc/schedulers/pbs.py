@@ -26,7 +26,7 @@ from hpc.schedulers.base import (
     with_rc_marks,
 )
 from hpc.schedulers.pbs_formats import job_list_states, node_cpus, parse_blocks, parse_jobs, queue_names, requested_id
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 log = logging.getLogger(__name__)
 

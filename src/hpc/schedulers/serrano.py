@@ -3,7 +3,7 @@
 The seed's ``POST /job`` with ``services`` and ``params`` runs the SERRANO executable four times:
 case -1 (clear binary data), case 0 (make binary input), the case derived from the services, and, when
 ``csv_output`` is 1, case 0 again with the CSV-packing flag set. The positional arguments are those of
-the original interface, in its order; every one is quoted once by :func:`hpc.ssh.quoting.quote`.
+the original interface, in its order; every one is quoted once by :func:`hpc.shell.quote`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 SIGNAL_SERVICES = ("kalman", "fft", "min_max", "savitzky_golay", "black_scholes", "wavelet")
 CLUSTERING_SERVICES = ("kmean", "knn")
