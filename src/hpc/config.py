@@ -78,6 +78,13 @@ class Config:
     sftp_parallel_threshold: int = 256 * 1024**2  # files from this size use sftp_streams
     s3_part_size: int = 16 * 1024**2  # multipart part size (grown to stay under 10000 parts)
     s3_concurrency: int = 4  # parts uploaded at once
+    # How bulk data reaches clusters: "openssh" (an ssh process per SFTP session: crypto in C, on another
+    # core; needs the OpenSSH client), "paramiko" (in the gateway process), or "auto" (openssh if installed).
+    ssh_data_engine: str = "auto"
+    transfer_stall_timeout: float = 30.0  # seconds a source may send nothing mid-body: then it "stalled"
+    transfer_io_timeout: float = 60.0  # seconds an SFTP session to a cluster may stay silent
+    transfer_verify_every: int = 32 * 1024**2  # range checked on the cluster as it arrives; checkpoint step
+    batch_concurrency: int = 8  # files of a batch (directory, prefix, URL list) read at once
 
     @property
     def resolved_database_url(self) -> str:
@@ -157,6 +164,13 @@ def _parse_networks(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _parse_engine(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("auto", "openssh", "paramiko"):
+        raise ConfigError(f"not an SSH data engine: {value!r} (auto, openssh or paramiko)")
+    return text
+
+
 _CONVERTERS = {
     "listen_port": int,
     "staging_quota": parse_size,
@@ -178,6 +192,11 @@ _CONVERTERS = {
     "sftp_parallel_threshold": parse_size,
     "s3_part_size": parse_size,
     "s3_concurrency": int,
+    "ssh_data_engine": _parse_engine,
+    "transfer_stall_timeout": float,
+    "transfer_io_timeout": float,
+    "transfer_verify_every": parse_size,
+    "batch_concurrency": int,
 }
 
 

@@ -21,6 +21,7 @@ from hpc.errors import (
 from hpc.schedulers import SchedulerCommandError, SchedulerParseError, get_scheduler
 from hpc.security import Principal, SecretBox, fingerprint
 from hpc.ssh import (
+    ClusterFiles,
     CommandResult,
     SSHAuthFailed,
     SSHConnection,
@@ -34,6 +35,7 @@ from hpc.ssh import (
     SSHUnreachable,
 )
 from hpc.store import DuplicateKey, Store
+from hpc.transport import TransportError
 from hpc.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ log = logging.getLogger(__name__)
 _SCHEDULER_PROBE = {"slurm": "sbatch", "pbs": "qsub"}
 
 
-def ssh_failure(exc: SSHError, action: str) -> Exception:
-    """The domain error for an SSH failure on a registered infrastructure."""
+def ssh_failure(exc: TransportError, action: str) -> Exception:
+    """The domain error for an SSH (or SFTP) failure on a registered infrastructure."""
     if isinstance(exc, SSHTimeout):
         return ClusterTimeout(f"{action}: {exc.reason}")
     return ClusterUnavailable(f"{action}: {exc.reason}")
@@ -250,17 +252,17 @@ class InfrastructureService:
         except SSHError as exc:
             raise ssh_failure(exc, action) from None
 
+    def cluster_files(self, row: dict[str, Any]) -> ClusterFiles:
+        """The infrastructure's shell and files (:class:`hpc.transport.ClusterFiles`), kept with its connection."""
+        return self.pool.files(row["name"], self.target_of(row))
+
     @contextmanager
-    def sftp(self, row: dict[str, Any], action: str) -> Iterator[Any]:
-        """An SFTP client on the infrastructure's pooled connection, closed on exit."""
+    def files(self, row: dict[str, Any], action: str) -> Iterator[ClusterFiles]:
+        """The infrastructure's files; transport faults inside the block become domain errors naming ``action``."""
         try:
-            client = self.connection(row).open_sftp()
-        except SSHError as exc:
+            yield self.cluster_files(row)
+        except TransportError as exc:
             raise ssh_failure(exc, action) from None
-        try:
-            yield client
-        finally:
-            client.close()
 
     # -- telemetry ----------------------------------------------------------------------------
 

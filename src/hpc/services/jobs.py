@@ -231,16 +231,12 @@ class JobService:
             return result  # not yet submitted: nothing written
         infra = self.infrastructures.get(row["infrastructure"])
         path = f"{row['job_dir']}/{stream}"
-        with self.infrastructures.sftp(infra, "reading job output") as sftp:
-            try:
-                size = sftp.stat(path).st_size
-            except FileNotFoundError:
+        with self.infrastructures.files(infra, "reading job output") as files:
+            info = files.stat(path)
+            if info is None:
                 return result
-            data = b""
-            if offset < size:
-                with sftp.open(path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read(min(length, size - offset))
+            size = info.size
+            data = files.read_file(path, offset, length) if offset < size else b""
         result.update(size=size, data=data.decode("utf-8", errors="replace"), next_offset=offset + len(data),
                       eof=offset + len(data) >= size)
         return result
@@ -332,10 +328,10 @@ class JobService:
             self.store.jobs.update(job_id, job_dir=job_dir)
             script_path = f"{job_dir}/job.sh"
             payload = self._payload(row, infra, home).encode()
-            with self.infrastructures.sftp(infra, "writing the job's files") as sftp:
-                self._mkdirs(sftp, job_dir)
-                self._put(sftp, spec.payload, payload, 0o700)
-                self._put(sftp, script_path, scheduler.render_script(spec).encode(), 0o700)
+            with self.infrastructures.files(infra, "writing the job's files") as files:
+                files.mkdir(job_dir, 0o700)
+                files.write_file(spec.payload, payload, 0o700)
+                files.write_file(script_path, scheduler.render_script(spec).encode(), 0o700)
             command, stdin = scheduler.submit_command(spec, script_path)
             if self.store.jobs.get(job_id)["cancel_requested"]:
                 self._end(row, "cancelled", reason="cancelled before it was submitted")
@@ -344,9 +340,6 @@ class JobService:
             result = self.infrastructures.run(infra, command, stdin=stdin, action="submitting the job")
         except DomainError as exc:
             self._retry_submission(row, exc.detail)
-            return
-        except (OSError, EOFError) as exc:  # SFTP faults surface as IOError from paramiko
-            self._retry_submission(row, f"writing the job's files failed: {exc}")
             return
         try:
             scheduler_id = scheduler.parse_submit(result.exit_code, result.stdout, result.stderr)
@@ -429,23 +422,6 @@ class JobService:
         settings = infra["settings"] or {}
         launcher = settings.get("mpi_launcher", "mpirun -n {num_mpi_procs}")
         return serrano.render_payload(spec["services"], spec["params"], home=home, launcher=launcher)
-
-    @staticmethod
-    def _mkdirs(sftp, path: str) -> None:
-        parts = path.strip("/").split("/")
-        current = ""
-        for part in parts:
-            current += "/" + part
-            try:
-                sftp.stat(current)
-            except FileNotFoundError:
-                sftp.mkdir(current, 0o700)
-
-    @staticmethod
-    def _put(sftp, path: str, data: bytes, mode: int) -> None:
-        with sftp.open(path, "wb") as handle:
-            handle.write(data)
-        sftp.chmod(path, mode)
 
     # -- tracking -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Callable
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE
@@ -37,14 +38,9 @@ from hpc.ssh.hostkeys import (
     preferred_key_types,
 )
 from hpc.ssh.keys import load_private_key
+from hpc.transport import CommandResult
 
 log = logging.getLogger(__name__)
-
-# sftp-server's advertised maximum request size. paramiko caps every SFTP
-# read/write at SFTPFile.MAX_REQUEST_SIZE (32 KiB); raising it to this value
-# doubles put throughput (shared/PERFORMANCE-NOTES.md). The staging layer
-# applies it; this module does not change the paramiko global.
-SFTP_REQUEST_SIZE = 261120
 
 # AES-GCM is 1.1-1.3x faster than paramiko's default aes128-ctr+hmac on
 # machines with AES-NI (shared/PERFORMANCE-NOTES.md); the defaults follow.
@@ -89,24 +85,6 @@ class SSHTarget:
     connect_timeout: float = 10.0
     keepalive: int = 15
     max_channels: int = 8
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """Outcome of one remote command.
-
-    Attributes:
-        exit_code: The command's exit status; -1 if it died of a signal
-            (paramiko does not report exit-signal).
-        stdout: Standard output, decoded as UTF-8 with replacement characters.
-        stderr: Standard error, decoded the same way.
-        truncated: True if either stream exceeded the output cap and was cut.
-    """
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    truncated: bool = False
 
 
 class SSHConnection:
@@ -167,6 +145,17 @@ class SSHConnection:
             self.connect()
         assert self._server_key is not None
         return fingerprint(self._server_key)
+
+    @property
+    def username(self) -> str:
+        """The remote user (the local user's name when the target names none, as OpenSSH does)."""
+        return self.target.username or _local_user()
+
+    def client_key_id(self) -> str:
+        """SHA256 fingerprint of the client key (loaded, and decrypted, on first use)."""
+        if self._pkey is None:
+            self._pkey = load_private_key(self.target.key_path, self.target.key_data, self.target.passphrase)
+        return fingerprint(self._pkey)
 
     def is_alive(self) -> bool:
         """Whether the transport is up and authenticated (no round trip)."""
@@ -368,7 +357,7 @@ class SSHConnection:
         in ``timeout(1)`` remotely when that matters.
 
         Args:
-            command: The command line; quote every value with :func:`hpc.ssh.quoting.quote`.
+            command: The command line; quote every value with :func:`hpc.shell.quote`.
             stdin: Bytes fed to the command's standard input (EOF is sent in any case).
             timeout: Seconds for the whole command, including waiting for a free channel.
             max_output: Bytes kept per stream; the rest is read and dropped.
@@ -472,21 +461,17 @@ class SSHConnection:
             return transport, channel
         raise AssertionError("unreachable")
 
-    # -- SFTP -------------------------------------------------------------
+    # -- subsystems (SFTP) ------------------------------------------------
 
-    def open_sftp(self) -> paramiko.SFTPClient:
-        """Open an SFTP session on a new channel of the pooled transport.
+    def open_stream(self, subsystem: str = "sftp", timeout: float | None = None) -> "ChannelStream":
+        """Start a subsystem on a new channel of the pooled transport: a byte stream to it.
 
-        The session counts against ``max_channels`` until it is closed; close it
-        (or use it as a context manager). Never share one SFTP client between
-        threads that write pipelined: that corrupts data.
-
-        Returns:
-            A ``paramiko.SFTPClient``.
+        The channel counts against ``max_channels`` until the stream is closed. Used by
+        :mod:`hpc.ssh.files` for SFTP when the gateway's data path runs over paramiko.
 
         Raises:
             SSHTimeout: No channel slot freed within ``connect_timeout``.
-            SSHChannelError: The server refused the channel or the sftp subsystem.
+            SSHChannelError: The server refused the channel or the subsystem.
             SSHError: Any connection error of :meth:`connect`.
         """
         where = f"{self.target.host}:{self.target.port}"
@@ -506,13 +491,13 @@ class SSHConnection:
                         continue
                     raise SSHChannelError(f"cannot open a channel on {where}: {e}") from None
                 try:
-                    channel.invoke_subsystem("sftp")
-                    client = _PooledSFTPClient(channel, release)
+                    channel.invoke_subsystem(subsystem)
                 except (paramiko.SSHException, EOFError, OSError) as e:
                     channel.close()
-                    raise SSHChannelError(f"sftp subsystem on {where} failed: {e}") from None
-                weakref.finalize(client, release)
-                return client
+                    raise SSHChannelError(f"{subsystem} subsystem on {where} failed: {e}") from None
+                stream = ChannelStream(channel, timeout or self.target.connect_timeout * 6, release)
+                weakref.finalize(stream, release)
+                return stream
             raise AssertionError("unreachable")
         except BaseException:
             release()
@@ -535,26 +520,49 @@ class _Once:
         self._fn()
 
 
-class _PooledSFTPClient(paramiko.SFTPClient):
-    """SFTP client whose close() also frees its slot of the connection's channel cap."""
+class ChannelStream:
+    """A paramiko channel as the byte stream :class:`hpc.ssh.sftp.SFTPSession` speaks over."""
 
-    def __init__(self, channel: paramiko.Channel, release: _Once):
-        self._release_slot = release
-        super().__init__(channel)
+    def __init__(self, channel: paramiko.Channel, timeout: float, release: Callable[[], None]):
+        self._channel = channel
+        self._release = release
+        self.on_close: Callable[[], None] | None = None
+        channel.settimeout(timeout)
+
+    def send(self, parts) -> None:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while len(view):
+                # Channel.send takes any buffer and sends what the window allows, without copying the rest.
+                sent = self._channel.send(view)
+                if sent <= 0:
+                    raise EOFError()
+                view = view[sent:]
+
+    def recv_into(self, buffer: memoryview) -> int:
+        data = self._channel.recv(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         try:
-            super().close()
+            self._channel.close()
         finally:
-            self._release_slot()
+            self._release()
+            if self.on_close is not None:
+                self.on_close()
 
 
 class SSHPool:
     """Keeps one SSHConnection per key (infrastructure name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_engine: str = "auto", io_timeout: float = 60.0, command_timeout: float = 60.0) -> None:
         self._lock = threading.Lock()
         self._connections: dict[str, SSHConnection] = {}
+        self._files: dict[str, object] = {}
+        self.data_engine = data_engine
+        self.io_timeout = io_timeout
+        self.command_timeout = command_timeout
 
     def get(self, key: str, target: SSHTarget) -> SSHConnection:
         """Return the connection of ``key``, replacing it if the target changed.
@@ -578,10 +586,28 @@ class SSHPool:
             stale.close()
         return conn
 
+    def files(self, key: str, target: SSHTarget):
+        """The :class:`~hpc.ssh.files.ClusterFiles` over the connection of ``key`` (kept with it)."""
+        from hpc.ssh.files import ClusterFiles
+
+        conn = self.get(key, target)
+        with self._lock:
+            files = self._files.get(key)
+            if files is not None and files.connection is conn:
+                return files
+            stale, files = files, ClusterFiles(conn, self.data_engine, self.io_timeout, self.command_timeout)
+            self._files[key] = files
+        if stale is not None:
+            stale.close()
+        return files
+
     def drop(self, key: str) -> None:
         """Close and forget the connection of ``key`` (no error if absent)."""
         with self._lock:
             conn = self._connections.pop(key, None)
+            files = self._files.pop(key, None)
+        if files is not None:
+            files.close()
         if conn is not None:
             conn.close()
 
@@ -589,9 +615,11 @@ class SSHPool:
         """Close and forget every connection."""
         with self._lock:
             conns = list(self._connections.values())
+            files = list(self._files.values())
             self._connections.clear()
-        for conn in conns:
-            conn.close()
+            self._files.clear()
+        for item in files + conns:
+            item.close()
 
     def stats(self) -> dict:
         """Counters per key: ``{key: {"connections_opened", "commands_run", "alive"}}``."""

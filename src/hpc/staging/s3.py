@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import boto3
+import botocore
 import botocore.awsrequest
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, ReadTimeoutError
 
 from hpc import __version__
 from hpc.staging.addresses import AddressPolicy, check_url, default_port
@@ -98,6 +99,23 @@ def make_client(endpoint: str, access_key: str, secret_key: str, region: str | N
         region_name=region or "us-east-1",
         config=config,
     )
+    install_address_guard(client, policy)
+    return client
+
+
+def install_address_guard(client, policy: AddressPolicy) -> None:
+    """Makes every connection of a boto3 client check its address with ``policy`` at connect time.
+
+    botocore offers no public hook at connect time (its ``before-send`` event sees a URL, not the address
+    the socket will connect to, so a DNS answer changed in between would pass), so this replaces the
+    urllib3 pool classes of the client's HTTP session: botocore 1.44's ``URLLib3Session`` keeps them in
+    ``_pool_classes_by_scheme`` and hands them to its pool manager. If a botocore upgrade renames either
+    attribute, this raises instead of leaving the client unguarded; ``test_s3_address_guard.py`` also
+    proves the guard refuses a connection.
+
+    Raises:
+        RuntimeError: botocore's internals changed: the guard cannot be installed.
+    """
     classes = guarded_pool_classes(
         policy,
         botocore.awsrequest.AWSHTTPConnection,
@@ -105,10 +123,14 @@ def make_client(endpoint: str, access_key: str, secret_key: str, region: str | N
         botocore.awsrequest.AWSHTTPConnectionPool,
         botocore.awsrequest.AWSHTTPSConnectionPool,
     )
-    session = client._endpoint.http_session
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(session, "_manager", None)
+    if (not isinstance(getattr(session, "_pool_classes_by_scheme", None), dict)
+            or not isinstance(getattr(manager, "pool_classes_by_scheme", None), dict)):
+        raise RuntimeError("botocore's HTTP session changed: the S3 address guard cannot be installed "
+                           f"(botocore {botocore.__version__})")
     session._pool_classes_by_scheme = classes
-    session._manager.pool_classes_by_scheme = classes
-    return client
+    manager.pool_classes_by_scheme = classes
 
 
 def s3_failure(exc: BaseException, bucket: str, key: str, action: str, error=SourceError) -> StagingError:
@@ -131,6 +153,9 @@ def s3_failure(exc: BaseException, bucket: str, key: str, action: str, error=Sou
         message = str(info.get("Message") or "")[:200]
         return error(f"S3 error {code} {action} s3://{bucket}/{key}: {message}".rstrip(": "),
                      retryable=code in _RETRY_CODES)
+    if isinstance(exc, ReadTimeoutError):
+        return error(f"stalled: s3://{bucket}/{key} sent no data for the read timeout while {action}",
+                     retryable=True)
     if isinstance(exc, (BotoCoreError, OSError)):
         return error(f"S3 endpoint failed {action} s3://{bucket}/{key}: {str(exc)[:200]}", retryable=True)
     return error(f"{action} s3://{bucket}/{key} failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -252,16 +277,36 @@ class S3Target:
     def _fail(self, exc: BaseException, action: str) -> StagingError:
         return s3_failure(exc, self.bucket, self.key, action, error=SinkError)
 
-    def put(self, data: bytes) -> PartDigest:
-        digest = PartDigest.of(1, data)
+    def put(self, data: bytes, digest: PartDigest | None = None, verify: bool = False) -> PartDigest:
+        """Writes the whole object (``digest``: its checksums, when already computed).
+
+        Args:
+            verify: Compare what the server answered (its SHA-256 checksum, else its MD5 ETag) with what was
+                sent, without another request; :meth:`verify` is the check by a HEAD.
+
+        Raises:
+            VerificationFailed: ``verify`` and the answer differs from what was sent.
+        """
+        digest = digest or PartDigest.of(1, data)
         try:
-            self._client.put_object(
+            response = self._client.put_object(
                 Bucket=self.bucket, Key=self.key, Body=data,
                 ContentMD5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
                 ChecksumSHA256=digest.sha256,
             )
         except Exception as exc:
             raise self._fail(exc, "writing") from None
+        if verify:
+            checksum = response.get("ChecksumSHA256")
+            etag = (response.get("ETag") or "").strip('"')
+            if checksum:
+                if checksum != digest.sha256:
+                    raise VerificationFailed(f"the SHA-256 checksum of {self.description} differs from what was sent")
+            elif _MD5_ETAG.match(etag):
+                if etag != digest.md5:
+                    raise VerificationFailed(f"the ETag of {self.description} differs from what was sent")
+            else:
+                self.verify([digest], multipart=False)
         return digest
 
     def start_multipart(self) -> str:

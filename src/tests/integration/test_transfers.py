@@ -297,7 +297,7 @@ def test_parallel_sftp_streams_write_disjoint_ranges(tmp_path_factory, testbed, 
         assert leftovers(absolute) == []
     finally:
         gateway.stop()
-    assert gateway.log().count("connected to hpcuser@") >= 1 + 3 + 3  # pooled + one per stream and file
+    assert gateway.log().count("dedicated data session") >= 3 + 3  # one per stream and file
 
 
 def test_progress_rises_monotonically_during_a_large_transfer(slow_gw, www, cluster_dir):
@@ -658,18 +658,33 @@ def unique_big(www):
     path.unlink()
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the gateway's ``ssh`` data sessions)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def ssh_session_pids(client_pid: int, port: int = 2222) -> list[int]:
-    """The sshd processes serving ``client_pid``'s SSH connections (found through their sockets)."""
+    """The sshd processes serving the SSH connections of ``client_pid`` and of its ``ssh`` children (found
+    through their sockets)."""
     import subprocess
 
     def listing(*filters: str) -> list[str]:
         out = subprocess.run(["ss", "-Htnp", "state", "established", *filters], capture_output=True, text=True)
         return out.stdout.splitlines()
 
+    clients = [client_pid, *children(client_pid)]
     local_ports = [
         line.split()[2].rsplit(":", 1)[1]
         for line in listing(f"( dport = :{port} )")
-        if f"pid={client_pid}," in line
+        if any(f"pid={pid}," in line for pid in clients)
     ]
     pids = set()
     for local in local_ports:
