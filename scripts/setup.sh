@@ -14,6 +14,13 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v hey >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk hey >/dev/null
 fi
 
+# rclone: the peer bench/e2e.py and bench/many_files.py measure the gateway against (its smoke runs are part
+# of the test suite): what a user would reach for to copy between S3 and an SFTP server.
+if ! command -v rclone >/dev/null 2>&1; then
+  echo "[setup] installing rclone"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone >/dev/null
+fi
+
 python="${PYTHON:-python3}"
 if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then
   echo "[setup] installing python3-venv"

@@ -228,6 +228,11 @@ class ClusterFiles(Protocol):
         """SHA-256 computed on the cluster of the whole file and/or of ``[start, end)`` ranges of it
         (``size_hint``: the file's expected size, to bound the time allowed)."""
 
+    def hash_growing(self, path: str, size: int) -> str | None:
+        """SHA-256 of the first ``size`` bytes of a file that is being written, computed on the cluster as
+        the bytes arrive (it returns soon after the last one does). None when the file went away first or
+        the hash could not be made: the caller then checks the file another way."""
+
     def hash_files(self, paths: Sequence[str]) -> dict[str, str]:
         """Hex SHA-256 of many files, computed on the cluster in few commands; unreadable files are left out."""
 

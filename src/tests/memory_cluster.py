@@ -218,6 +218,24 @@ class MemoryCluster:
                 digests[0] = "0" * 64
             return FileHashes(len(data), hashlib.sha256(data).hexdigest() if whole else None, tuple(digests))
 
+    def hash_growing(self, path: str, size: int) -> str | None:
+        import time
+
+        with self.lock:
+            self.faults.calls.append(f"hash_growing {path} {size}")
+        while True:
+            with self.lock:
+                data = self.files.get(path)
+                if data is None:
+                    return None
+                if len(data) >= size:
+                    digest = hashlib.sha256(bytes(data[:size])).hexdigest()
+                    if self.faults.corrupt_next_range:
+                        self.faults.corrupt_next_range = False
+                        digest = "0" * 64
+                    return digest
+            time.sleep(0.005)
+
     def hash_files(self, paths: Sequence[str]) -> dict[str, str]:
         with self.lock:
             self.faults.calls.append(f"hash_files {len(paths)}")

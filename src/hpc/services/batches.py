@@ -224,9 +224,10 @@ class BatchService:
             if failed:
                 first = results.first_failure()
                 tracker.end("failed", f"{failed} of {done + failed} file(s) failed (first: {first})",
-                            manifest=manifest)
+                            manifest=manifest, bytes_done=results.bytes_done)
             else:
-                tracker.end("completed", "", manifest=manifest, bytes_total=results.bytes_done)
+                tracker.end("completed", "", manifest=manifest, bytes_done=results.bytes_done,
+                            bytes_total=results.bytes_done)
             log.info("batch %s: %d file(s) completed, %d failed", batch_id, done, failed)
         except BaseException as exc:
             tracker.finish()
@@ -385,6 +386,7 @@ class _Results:
                                  "sha256": outcome.sha256, "size": outcome.size})
             if outcome.state == "completed":
                 self._done += 1
+                self.bytes_done += outcome.size or 0
             else:
                 self._failed += 1
 

@@ -15,8 +15,10 @@ reader gets a session of its own. Nothing returned here is a library object.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import re
+import subprocess
 import threading
 from typing import Callable, Iterator, Sequence
 
@@ -301,6 +303,30 @@ class ClusterFiles:
             digests.append(match.group(1))
         return FileHashes(size=int(lines[0]), sha256=digests[0] if whole else None,
                           ranges=tuple(digests[1:] if whole else digests))
+
+    def hash_growing(self, path: str, size: int) -> str | None:
+        # tail -f reads the file as it grows (inotify, else a 0.2 s poll) and head ends the read after
+        # ``size`` bytes. tail also ends when the watcher (a loop that lives while the file exists) does:
+        # a cancelled transfer removes its file, and no process is left behind on the cluster.
+        budget = max(3600.0, size / 1e6)
+        q = quote(path)
+        command = (f"LC_ALL=C; export LC_ALL; {_HASHER}; f={q}; "
+                   f'w() {{ while [ -e "$f" ]; do sleep 1; done; }}; w & p=$!; '
+                   f'timeout {budget:.0f} tail -c +1 -s 0.2 -f --pid="$p" -- "$f" | head -c {size} | h; '
+                   'kill "$p" 2>/dev/null')
+        try:
+            if self.engine == "openssh":
+                process = subprocess.run(self._engine().command(command), capture_output=True, text=True,
+                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+                                         timeout=budget + 60)
+                out = process.stdout
+            else:
+                out = self.run(command, timeout=budget + 60).stdout
+        except (TransportError, subprocess.SubprocessError, OSError) as exc:
+            log.debug("hashing %s as it arrives failed: %s", path, exc)
+            return None
+        match = _HASH_LINE.match(out.strip())
+        return match.group(1) if match else None
 
     def hash_files(self, paths: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -28,6 +28,7 @@ import logging
 import posixpath
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -115,7 +116,7 @@ class _Budget:
 class _Common:
     def __init__(self, *, batch_id: str, cluster: Cluster, items: list[Item], spool_dir, quota: SpoolQuota,
                  settings: Settings, control: Control, report: ProgressCallback,
-                 on_file: Callable[[Outcome], None]):
+                 on_file: Callable[[Outcome], None], bytes_before: int = 0):
         self.id = batch_id
         self._cluster = cluster
         self._items = items
@@ -126,11 +127,26 @@ class _Common:
         self._report = report
         self._on_file = on_file
         self._lock = threading.Lock()
-        self._bytes_done = 0
+        self._bytes_done = bytes_before  # completed by earlier runs
         self._in_flight: dict[int, int] = {}  # big file -> bytes done so far
+        self._rate_start: float | None = None  # the first file read (not the listing) starts the clock
+        self._rate_bytes = 0
 
     def _retry(self, what: str, action: Callable[[], Any]) -> Any:
         return with_retries(self._settings, self._control, self._report, f"batch {self.id}: {what}", action)
+
+    def _throttle(self, size: int) -> None:
+        """Keeps the small files' reading at ``max_rate`` bytes per second for the whole batch."""
+        if not self._settings.max_rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._rate_start is None:
+                self._rate_start = now
+            self._rate_bytes += size
+            ahead = self._rate_bytes / self._settings.max_rate - (now - self._rate_start)
+        if ahead > 0:
+            self._control.sleep(ahead)
 
     def _done(self, outcome: Outcome) -> None:
         with self._lock:
@@ -320,6 +336,7 @@ class ToClusterBatch(_Common):
                     raise SourceError(f"{source.description} ended at byte {len(data)} of {stream.total}",
                                       retryable=True)
                 budget.give(taken - len(data))
+                self._throttle(len(data))
                 return item, bytes(data), hashlib.sha256(data).hexdigest()
             except StagingError as exc:
                 if taken:
@@ -398,7 +415,7 @@ class ToClusterBatch(_Common):
 
     def _move_failure(self, item: Item, error: TransportError) -> str:
         if isinstance(error, RemoteFileError) and error.status == FAILURE:
-            info = self._cluster.files.stat(self._final(item))
+            info = self._retry("checking the destination", lambda: self._cluster.stat(self._final(item)))
             if info is not None and info.is_dir:
                 return f"the destination {self._final(item)} is an existing directory on the cluster"
         return error.reason
@@ -486,6 +503,7 @@ class FromClusterBatch(_Common):
             if isinstance(data, TransportError):
                 self._done(Outcome(item.number, "failed", remote_failure(data).reason))
                 continue
+            self._throttle(len(data))
             sha = hashlib.sha256(data).hexdigest()
             if on_cluster.get(path) != sha:
                 self._done(Outcome(item.number, "failed", f"{path} changed while it was read (sha256 differs from "

@@ -76,7 +76,8 @@ class Fetcher:
             quietly(stream.close)
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     def snapshot(self, boundary: int) -> str | None:
         with self._lock:

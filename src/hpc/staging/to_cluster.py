@@ -2,27 +2,28 @@
 
 Threads of one attempt::
 
-    fetcher     source -> sha256 (whole file, and per range) -> spool          (hpc.staging.fetch)
+    fetcher     source -> sha256 -> spool                                    (hpc.staging.fetch)
     sender(s)   spool -> pipelined SFTP writes, acknowledged prefix tracked    (1, or sftp_streams)
-    verifier    each acknowledged range hashed ON THE CLUSTER and compared     (in the background)
-    caller      waits, renames into place
+    follower    the cluster hashes the file as it grows                       (one command, in the background)
+    caller      compares, renames into place
 
-Verification overlaps the transfer: as soon as the cluster acknowledges the bytes up to a range boundary
-(every ``verify_every`` bytes), the cluster hashes that range of the partial file while later ranges are
-still on the wire, and the digest must equal what the gateway read. When the last range checks out, the
-whole file is known to be on the cluster as read, and the gateway's SHA-256 of the stream is the file's:
-no second pass over the file at the end.
+Verification overlaps the transfer: while the file is written, one command on the cluster reads it as it
+grows and hashes it (``ClusterFiles.hash_growing``), so its SHA-256 is ready a moment after the last byte
+lands, and it must equal the gateway's SHA-256 of what it read from the source. One hashing pass on each
+side, nothing serial at the end.
 
-The verified prefix is the checkpoint (``{"temp", "total", "validator", "verified"}``): a gateway that dies
-and restarts truncates the partial file to it and reads the source from there (a ranged read), so nothing
-verified is sent or read again. A new process cannot continue the SHA-256 of the first one (``hashlib``
-state cannot be saved), so after such a restart the cluster hashes the complete file once at the end.
+Checkpoints (``{"temp", "total", "validator", "segments": [[start, end, sha256], ...]}``) are taken every
+``verify_every`` acknowledged bytes: a gateway that dies and restarts truncates the partial file to the last
+one and reads the source from there (a ranged read), so nothing delivered is sent or read again. A new
+process cannot continue the first one's SHA-256 (``hashlib`` state cannot be saved), so a transfer resumed
+that way, written by several sessions at once (``sftp_streams``) or of unknown size is checked at the end
+instead: one command hashes the whole file and each segment, and every segment must match what was read.
 
 Inside one process, a dropped SSH connection is resumed at the last acknowledged byte from the spool,
 without reading the source again; a dropped source connection is resumed by the fetcher.
 
 The file is written as ``.<name>.<id>.part`` beside the destination and renamed into place (atomic) once
-every range is verified. A destination that is a directory is refused before anything is read.
+checked. A destination that is a directory is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -85,73 +86,6 @@ def split(start: int, end: int | None, streams: int, threshold: int) -> list[_Ra
     return [_Range(s, min(end, s + share)) for s in range(start, end, share)]
 
 
-class Verifier:
-    """Hashes acknowledged ranges of the partial file on the cluster and compares them, in the background.
-
-    Args:
-        origin: Where this attempt started (a range boundary).
-        digest: Returns the gateway's SHA-256 of the range ending at a boundary.
-        on_verified: Called with the new verified prefix each time it grows.
-    """
-
-    def __init__(self, cluster: Cluster, path: str, origin: int, every: int, digest: Callable[[int], str | None],
-                 retry: Callable[[str, Callable[[], Any]], Any], on_verified: Callable[[int], None], name: str):
-        self._cluster = cluster
-        self._path = path
-        self._every = every
-        self._digest = digest
-        self._retry = retry
-        self._on_verified = on_verified
-        self.verified = origin
-        self._submitted = origin
-        self._lock = threading.Lock()
-        self._pending: list[tuple[int, int, Future]] = []
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"verify-{name[:8]}")
-
-    def acknowledged(self, confirmed: int, end: int | None = None) -> None:
-        """The cluster holds ``[origin, confirmed)``: queue the ranges it completes (``end``: the file's end)."""
-        with self._lock:
-            while True:
-                boundary = (self._submitted // self._every + 1) * self._every
-                if end is not None:
-                    boundary = min(boundary, end)
-                if boundary > confirmed or boundary <= self._submitted:
-                    return
-                start, self._submitted = self._submitted, boundary
-                self._pending.append((start, boundary, self._pool.submit(self._check, start, boundary)))
-
-    def _check(self, start: int, end: int) -> None:
-        want = self._digest(end)
-        got = self._retry(f"checking bytes {start}-{end} on the cluster",
-                          lambda: self._cluster.call("hashing on the cluster", self._cluster.files.hash, self._path,
-                                                     [(start, end)], whole=False, size_hint=end - start))
-        if got.ranges[0] != want:
-            raise VerificationFailed(f"bytes {start}-{end} of {self._path} on the cluster differ from what was read "
-                                     "(sha256)")
-
-    def collect(self, wait: bool) -> None:
-        """Takes the results that are in (all of them with ``wait``), advancing the verified prefix in order.
-
-        Raises:
-            VerificationFailed, StagingError: A range differs, or could not be hashed.
-        """
-        while True:
-            with self._lock:
-                if not self._pending:
-                    return
-                start, end, future = self._pending[0]
-            if not wait and not future.done():
-                return
-            future.result()
-            with self._lock:
-                self._pending.pop(0)
-                self.verified = end
-            self._on_verified(end)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 class ToCluster:
     """A source delivered to a file on the cluster (see the module's description).
 
@@ -174,21 +108,14 @@ class ToCluster:
         self._settings = settings
         self._control = control
         self._report = report
-        cp = dict(checkpoint or {})
-        if "verified" not in cp:  # a fresh start, or a checkpoint of an older format: from byte 0
-            cp = {"temp": cp.get("temp")}
-        self._cp: dict[str, Any] = cp
-        self._temp = cp.get("temp") or temp_path(dst, transfer_id)
+        self._cp: dict[str, Any] = dict(checkpoint or {})
+        self._temp = self._cp.get("temp") or temp_path(dst, transfer_id)
         self._parents_made = False
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def _retry(self, what: str, action: Callable[[], Any]) -> Any:
         return with_retries(self._settings, self._control, self._report, f"transfer {self.id}: {what}", action)
-
-    def _save(self, **changes: Any) -> None:
-        self._cp.update(changes, temp=self._temp)
-        self._report(checkpoint=dict(self._cp))
 
     def run(self) -> Result:
         restarts = 0
@@ -202,8 +129,7 @@ class ToCluster:
                     raise StagingError(exc.reason) from None
                 log.warning("transfer %s: starting over from byte 0: %s", self.id, exc.reason)
                 self._cp = {"temp": self._temp}
-                self._save()
-                self._report(retried=1, done=0)
+                self._report(checkpoint=dict(self._cp), retried=1, done=0)
                 self._control.sleep(self._settings.retry_delay)
 
     def cleanup(self) -> None:
@@ -213,101 +139,128 @@ class ToCluster:
     # -- one attempt ---------------------------------------------------------------------------
 
     def _attempt(self) -> Result:
-        offset = self._cp.get("verified", 0)
+        segments = [tuple(s) for s in self._cp.get("segments", [])]
+        offset = segments[-1][1] if segments else 0
         total = self._cp.get("total")
         self._retry("checking the destination", lambda: self._cluster.confine(self._dst, directory=True))
         self._retry("checking the destination", lambda: self._cluster.check_destination(self._dst))
         if offset:
-            log.info("transfer %s: resuming at byte %d (verified on the cluster so far)", self.id, offset)
-        if total is not None and offset >= total:
-            # Everything was delivered and verified before an interruption: only the move is left.
-            return self._finish(total, None)
+            log.info("transfer %s: resuming at byte %d (%d segment(s) delivered so far)", self.id, offset,
+                     len(segments))
+        if segments and total is not None and offset >= total:
+            # Everything was delivered before an interruption: only the checks are left.
+            return self._finish(segments, total)
         stream = self._retry(f"opening {self._source.description}",
                              lambda: self._source.open(offset, self._cp.get("validator")))
         if offset and stream.start != offset:
             log.warning("transfer %s: %s restarted at byte 0 instead of %d", self.id, self._source.description, offset)
-            offset = 0
-            self._cp.pop("verified", None)
+            offset, segments = 0, []
         total = stream.total
         self._report(total=total, done=offset)
+        ranges = split(offset, total, self._settings.sftp_streams, self._settings.parallel_threshold)
         try:
             spool = Spool(self._spool_dir, self.id, offset, self._quota, total)
         except BaseException:
             stream.close()
             raise
+        follower = None
         with spool:
-            every = self._settings.verify_every
-            fetcher = Fetcher(self._source, stream, spool, every, self._settings, self._control, self._report,
-                              self.id, ranges=True)
-            verifier = Verifier(self._cluster, self._temp, offset, every,
-                                lambda end: (fetcher.range_digest(end) or (None, None))[0], self._retry,
-                                lambda end: self._save(total=fetcher.total, validator=fetcher.validator, verified=end),
-                                self.id)
-            fetcher.start_thread()
+            fetcher = Fetcher(self._source, stream, spool, self._settings.verify_every, self._settings,
+                              self._control, self._report, self.id)
             try:
-                self._send(spool, fetcher, verifier, offset, total)
+                if offset == 0 and total and len(ranges) == 1:
+                    # One fresh sequential stream of known size: the cluster hashes it as it arrives.
+                    self._retry(f"creating {self._temp}", lambda: self._prepare(0, create=True))
+                    follower = _Follower(self._cluster, self._temp, total, self.id)
+                fetcher.start_thread()
+                self._send(spool, fetcher, ranges, offset, total, segments, created=follower is not None)
                 fetcher.join()
                 if fetcher.error is not None:
                     raise fetcher.error
-                self._report(phase="verifying", done=fetcher.position, total=fetcher.position)
-                verifier.acknowledged(fetcher.position, end=fetcher.position)
-                verifier.collect(wait=True)
             finally:
-                verifier.close()
                 fetcher.halt()
                 fetcher.join(timeout=30)
+                if follower is not None and fetcher.error is not None:
+                    follower.stop()
         size = fetcher.position
-        return self._finish(size, fetcher.digest if offset == 0 else None)
+        segments.append((offset, size, fetcher.digest))
+        self._cp.update(total=size, validator=fetcher.validator, segments=[list(s) for s in segments])
+        self._report(checkpoint=dict(self._cp))
+        if follower is not None:
+            self._report(phase="verifying", done=size, total=size)
+            seen = follower.result()
+            if seen == fetcher.digest:
+                self._retry("moving the file into place", lambda: self._cluster.move_into_place(self._temp,
+                                                                                                 self._dst))
+                return Result(sha256=fetcher.digest, size=size)
+            log.warning("transfer %s: the hash made as the file arrived %s; checking the whole file", self.id,
+                        "differs" if seen else "is missing")
+        return self._finish(segments, size)
 
     # -- sending -------------------------------------------------------------------------------
 
     def _prepare(self, offset: int, create: bool) -> None:
-        """Makes the parent directories once, and sets the partial file's length to ``offset`` when resuming."""
+        """Makes the parent directories once; creates the file empty, or checks it holds ``offset`` bytes.
+
+        Bytes past ``offset`` are not cut off: they are written again with the same bytes (the source's
+        validator guarantees the same version), and the final check compares the whole file's size. Not
+        truncating keeps the follower's reading of the file valid across a reconnection.
+        """
         if not self._parents_made:
             self._cluster.make_dirs(posixpath.dirname(self._temp))
             self._parents_made = True
         if create:
+            self._cluster.call(f"creating {self._temp}", self._cluster.files.write_file, self._temp, b"", 0o600)
             return
         info = self._cluster.stat(self._temp)
         size = info.size if info is not None else -1
         if size < offset:
             raise StartOver(f"the partial file {self._temp} on the cluster is missing or shorter than its "
                             f"checkpoint ({max(size, 0)} < {offset} bytes)")
-        if size != offset:
-            self._cluster.call(f"preparing {self._temp}", self._cluster.files.truncate, self._temp, offset)
 
-    def _send(self, spool: Spool, fetcher: Fetcher, verifier: Verifier, origin: int, total: int | None) -> None:
+    def _send(self, spool: Spool, fetcher: Fetcher, ranges: list[_Range], origin: int, total: int | None,
+              segments: list, created: bool) -> None:
         retrier = Retrier(self._settings, self._control, self._report, f"transfer {self.id}: sending")
+        every = self._settings.verify_every
+        state = {"next": (origin // every + 1) * every}
         confirmed = origin
         first = True
         while True:
             before = confirmed
-            ranges = split(confirmed, total, self._settings.sftp_streams, self._settings.parallel_threshold)
+            if not first:
+                ranges = split(confirmed, total, self._settings.sftp_streams, self._settings.parallel_threshold)
             try:
                 self._control.check()
-                # The first try of a fresh file creates it; after a fault, or a resume, the file exists and
-                # bytes past what was acknowledged may hold anything: they are overwritten.
-                self._prepare(confirmed, create=first and origin == 0)
-                self._send_ranges(spool, verifier, ranges, origin, total, create=first and origin == 0)
+                # A fresh file is created empty; after a fault or a resume the file exists, and the bytes past
+                # what was acknowledged may hold anything: they are written again.
+                if not (first and created):
+                    self._prepare(confirmed, create=first and origin == 0)
+                self._send_ranges(spool, fetcher, ranges, origin, total, segments, state,
+                                  create=first and origin == 0 and not created)
                 return
             except StagingError as exc:
                 first = False
                 confirmed = contiguous(ranges, confirmed)
                 retrier.failed(exc, progressed=confirmed > before)
 
-    def _send_ranges(self, spool: Spool, verifier: Verifier, ranges: list[_Range], origin: int,
-                     total: int | None, create: bool) -> None:
+    def _send_ranges(self, spool: Spool, fetcher: Fetcher, ranges: list[_Range], origin: int, total: int | None,
+                     segments: list, state: dict, create: bool) -> None:
         group = Group()
         lock = threading.Lock()
         dedicated = total is None or total - origin >= self._settings.dedicated_threshold
+        every = self._settings.verify_every
 
         def on_ack(rng: _Range, acked: int) -> None:
             rng.acked = acked
             with lock:
                 confirmed = contiguous(ranges, ranges[0].start)
+                due = confirmed >= state["next"]
+                if due:
+                    boundary = confirmed // every * every
+                    state["next"] = boundary + every
             self._report(done=confirmed)
-            verifier.acknowledged(confirmed)
-            verifier.collect(wait=False)
+            if due:
+                self._checkpoint(fetcher, origin, boundary, segments)
 
         if len(ranges) == 1:
             self._send_range(spool, ranges[0], dedicated, create, group, on_ack)
@@ -318,6 +271,16 @@ class ToCluster:
                       f"send-{self.id[:8]}")
         if group.errors:
             raise group.first_cause(self._control)
+
+    def _checkpoint(self, fetcher: Fetcher, origin: int, boundary: int, segments: list) -> None:
+        digest = fetcher.snapshot(boundary) if boundary > origin else None
+        if digest is None:
+            return
+        cp = dict(self._cp)
+        cp.update(temp=self._temp, total=fetcher.total, validator=fetcher.validator,
+                  segments=[list(s) for s in segments] + [[origin, boundary, digest]])
+        self._report(checkpoint=cp)
+        fetcher.forget_before(boundary)
 
     def _send_range(self, spool: Spool, rng: _Range, dedicated: bool, create: bool, group: Group,
                     on_ack: Callable[[_Range, int], None]) -> None:
@@ -350,28 +313,49 @@ class ToCluster:
                 quietly(writer.abort)
             group.fail(exc)
 
-    # -- delivery ------------------------------------------------------------------------------
+    # -- checks and delivery -------------------------------------------------------------------
 
-    def _finish(self, size: int, whole: str | None) -> Result:
+    def _finish(self, segments: list, size: int) -> Result:
+        """The check at the end: the cluster hashes the whole file (and each segment when there are several)."""
         self._report(phase="verifying", done=size, total=size)
-        info = self._retry("checking the partial file", lambda: self._cluster.stat(self._temp))
+        checked = [(start, end) for start, end, _ in segments] if len(segments) > 1 else []
         target = self._temp
+        info = self._retry("checking the partial file", lambda: self._cluster.stat(self._temp))
         if info is None:
-            # Interrupted between the move into place and the record of success: the move is done.
-            info = self._retry("checking the destination", lambda: self._cluster.stat(self._dst))
-            if info is None:
-                raise StartOver(f"the partial file {self._temp} is missing on the cluster")
+            # Interrupted between the move into place and the record of success: the checks run on dst.
             target = self._dst
-        if info.size != size:
-            raise VerificationFailed(f"the file on the cluster has {info.size} bytes where {size} were read")
-        if whole is None:
-            # Resumed in another process: every range was verified, but the SHA-256 of the whole file must
-            # be computed once more, on the cluster.
-            hashes = self._retry("checksumming on the cluster", lambda: self._cluster.call(
-                "hashing on the cluster", self._cluster.files.hash, target, whole=True, size_hint=size))
-            if hashes.size != size:
-                raise VerificationFailed(f"the file on the cluster has {hashes.size} bytes where {size} were read")
-            whole = hashes.sha256
+        hashes = self._retry("checksumming on the cluster", lambda: self._cluster.call(
+            "hashing on the cluster", self._cluster.files.hash, target, checked, whole=True, size_hint=size))
+        if hashes.size != size:
+            raise VerificationFailed(f"the file on the cluster has {hashes.size} bytes where {size} were read")
+        expected = [digest for _, _, digest in segments] if checked else [segments[0][2]]
+        got = list(hashes.ranges) if checked else [hashes.sha256]
+        for (start, end, _), want, have in zip(segments, expected, got):
+            if want != have:
+                raise VerificationFailed(f"bytes {start}-{end} on the cluster differ from the source (sha256)")
         if target == self._temp:
             self._retry("moving the file into place", lambda: self._cluster.move_into_place(self._temp, self._dst))
-        return Result(sha256=whole, size=size)
+        return Result(sha256=hashes.sha256, size=size)
+
+
+class _Follower:
+    """The cluster hashing the partial file as it grows, in a thread of its own."""
+
+    def __init__(self, cluster: Cluster, path: str, size: int, name: str):
+        self._cluster = cluster
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"follow-{name[:8]}")
+        self._future: Future = self._pool.submit(cluster.files.hash_growing, path, size)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> str | None:
+        """The cluster's SHA-256 of the file (None if it could not be made)."""
+        try:
+            return self._future.result()
+        except Exception:  # a failed follower only means the file is checked the other way
+            log.debug("hashing %s as it arrived failed", self._path, exc_info=True)
+            return None
+
+    def stop(self) -> None:
+        """The attempt failed: the cluster-side command ends when the partial file is removed or truncated."""
+        self._future.cancel()

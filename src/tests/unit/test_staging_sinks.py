@@ -23,6 +23,7 @@ MiB = 1024 * 1024
 HOME = "/home/u"
 FAST = Settings(retry_delay=0.001, retry_delay_max=0.002, verify_every=MiB, part_size=MiB,
                 dedicated_threshold=MiB)
+PARALLEL = Settings(retry_delay=0.001, verify_every=MiB, sftp_streams=3, parallel_threshold=MiB)
 
 
 @pytest.fixture
@@ -37,24 +38,37 @@ def to_cluster(tmp_path, cluster, source, dst=f"{HOME}/out/file.bin", checkpoint
                      control=control or Control(), report=report or Recorder(), checkpoint=checkpoint)
 
 
-def hashed_ranges(cluster: MemoryCluster) -> list[str]:
-    return [c for c in cluster.faults.calls if c.startswith("hash ")]
+def hashes(cluster: MemoryCluster, kind: str) -> list[str]:
+    return [c for c in cluster.faults.calls if c.startswith(kind + " ")]
 
 
-def test_a_file_arrives_verified_range_by_range_without_a_final_pass(tmp_path, cluster):
+def test_a_file_arrives_hashed_on_the_cluster_as_it_grows_without_a_final_pass(tmp_path, cluster):
     data = os.urandom(5 * MiB + 777)
     report = Recorder()
     result = to_cluster(tmp_path, cluster, MemorySource(data), report=report).run()
     assert result.sha256 == hashlib.sha256(data).hexdigest()
     assert bytes(cluster.files[f"{HOME}/out/file.bin"]) == data
     assert [p for p in cluster.files if p.endswith(".part")] == []
-    # Every range was hashed on the cluster as it was acknowledged, none as a whole file.
-    ranges = hashed_ranges(cluster)
-    assert len(ranges) == 6
-    assert all(c.endswith(" False") for c in ranges)
-    assert [cp["verified"] for cp in report.checkpoints] == [MiB, 2 * MiB, 3 * MiB, 4 * MiB, 5 * MiB, len(data)]
+    # One hash made while the file arrived; no hashing of the file after its last byte.
+    assert hashes(cluster, "hash_growing") == [f"hash_growing {HOME}/out/.file.bin.01234567.part {len(data)}"]
+    assert hashes(cluster, "hash") == []
+    # Checkpoints at whole MiB of acknowledged bytes as the file went, then the end.
+    ends = [cp["segments"][-1][1] for cp in report.checkpoints if cp.get("segments")]
+    assert ends == sorted(set(ends)) and len(ends) >= 3
+    assert all(end % MiB == 0 for end in ends[:-1]) and ends[-1] == len(data)
+    first = [cp["segments"][0] for cp in report.checkpoints if cp.get("segments")][0]
+    assert first[2] == hashlib.sha256(data[: first[1]]).hexdigest()
     assert report.done == sorted(report.done)
     assert list(tmp_path.iterdir()) == []  # the spool is gone
+
+
+def test_parallel_streams_and_unknown_sizes_are_checked_at_the_end(tmp_path, cluster):
+    data = os.urandom(5 * MiB)
+    result = to_cluster(tmp_path, cluster, MemorySource(data), settings=PARALLEL).run()
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert bytes(cluster.files[f"{HOME}/out/file.bin"]) == data
+    assert hashes(cluster, "hash_growing") == []
+    assert len(hashes(cluster, "hash")) == 1
 
 
 def test_an_empty_file_arrives(tmp_path, cluster):
@@ -77,35 +91,48 @@ def test_a_dropped_connection_resumes_from_the_acknowledged_byte_without_reading
     assert cluster.bytes_written < len(data) + 4 * MiB  # resumed near the drop, not from 0
 
 
-def test_a_range_that_differs_on_the_cluster_starts_the_file_over(tmp_path, cluster):
+def test_a_hash_that_differs_as_it_arrives_is_checked_again_over_the_whole_file(tmp_path, cluster):
     data = os.urandom(3 * MiB)
     cluster.faults.corrupt_next_range = True
     source = MemorySource(data)
     result = to_cluster(tmp_path, cluster, source).run()
     assert result.sha256 == hashlib.sha256(data).hexdigest()
-    assert source.opened == [0, 0]  # started over once
+    assert source.opened == [0]
+    assert len(hashes(cluster, "hash")) == 1  # the check at the end settled it
 
 
-def test_a_new_process_resumes_at_the_verified_offset_and_hashes_the_whole_file_once(tmp_path, cluster):
+def test_a_new_process_resumes_at_its_checkpoint_and_checks_each_segment(tmp_path, cluster):
     data = os.urandom(4 * MiB + 10)
     temp = f"{HOME}/out/.file.bin.01234567.part"
-    cluster.put(temp, data[: 2 * MiB] + b"garbage past the checkpoint")
+    cluster.put(temp, data[: 2 * MiB] + b"bytes past the checkpoint")
     checkpoint = {"temp": temp, "total": len(data), "validator": {"etag": '"v1"', "size": len(data)},
-                  "verified": 2 * MiB}
+                  "segments": [[0, 2 * MiB, hashlib.sha256(data[: 2 * MiB]).hexdigest()]]}
     source = MemorySource(data)
     result = to_cluster(tmp_path, cluster, source, checkpoint=checkpoint).run()
     assert source.opened == [2 * MiB]  # a ranged read from the checkpoint
     assert bytes(cluster.files[f"{HOME}/out/file.bin"]) == data
     assert result.sha256 == hashlib.sha256(data).hexdigest()
-    whole = [c for c in hashed_ranges(cluster) if c.endswith(" True")]
-    assert len(whole) == 1
+    assert hashes(cluster, "hash") == [f"hash {temp} [(0, {2 * MiB}), ({2 * MiB}, {len(data)})] True"]
+
+
+def test_a_segment_that_differs_after_a_resume_starts_over(tmp_path, cluster):
+    data = os.urandom(2 * MiB)
+    temp = f"{HOME}/out/.file.bin.01234567.part"
+    cluster.put(temp, b"x" * MiB)  # not what the checkpoint says was delivered
+    checkpoint = {"temp": temp, "total": len(data), "validator": {},
+                  "segments": [[0, MiB, hashlib.sha256(data[:MiB]).hexdigest()]]}
+    source = MemorySource(data)
+    to_cluster(tmp_path, cluster, source, checkpoint=checkpoint).run()
+    assert source.opened == [MiB, 0]
+    assert bytes(cluster.files[f"{HOME}/out/file.bin"]) == data
 
 
 def test_a_checkpoint_beyond_the_partial_file_starts_over(tmp_path, cluster):
     data = os.urandom(2 * MiB)
     temp = f"{HOME}/out/.file.bin.01234567.part"
     cluster.put(temp, data[:100])
-    checkpoint = {"temp": temp, "total": len(data), "validator": {}, "verified": MiB}
+    checkpoint = {"temp": temp, "total": len(data), "validator": {},
+                  "segments": [[0, MiB, hashlib.sha256(data[:MiB]).hexdigest()]]}
     source = MemorySource(data)
     to_cluster(tmp_path, cluster, source, checkpoint=checkpoint).run()
     assert source.opened == [MiB, 0]
