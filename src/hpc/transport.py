@@ -143,6 +143,10 @@ class FileWriter(Protocol):
     def write(self, data: bytes | memoryview) -> None:
         """Queues ``data`` at ``position`` (blocks while the window of unacknowledged requests is full)."""
 
+    def write_from(self, fd: int, offset: int, count: int) -> None:
+        """Queues ``count`` bytes of the local file ``fd`` from ``offset`` (sent without passing through a
+        Python buffer where the transport can)."""
+
     def flush(self) -> int:
         """Waits until everything written is acknowledged; returns ``acked``."""
 

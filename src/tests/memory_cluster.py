@@ -281,6 +281,11 @@ class MemoryWriter:
         if dropped:
             raise cluster._lost("writing")
 
+    def write_from(self, fd: int, offset: int, count: int) -> None:
+        import os
+
+        self.write(os.pread(fd, count, offset))
+
     def flush(self) -> int:
         return self.acked
 

@@ -383,6 +383,9 @@ class SessionWriter:
     def write(self, data) -> None:
         self._writer.write(data)
 
+    def write_from(self, fd: int, offset: int, count: int) -> None:
+        self._writer.write_from(fd, offset, count)
+
     def flush(self) -> int:
         return self._writer.flush()
 

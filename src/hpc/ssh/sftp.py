@@ -19,6 +19,7 @@ A session is used by one thread at a time; only :meth:`SFTPSession.abort` may be
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import threading
@@ -93,6 +94,14 @@ class SocketStream:
     def recv_into(self, buffer: memoryview) -> int:
         return self._sock.recv_into(buffer)
 
+    def send_file(self, head: Sequence[bytes | memoryview], fd: int, offset: int, count: int) -> None:
+        """Sends ``head``, then ``count`` bytes of file ``fd`` from ``offset`` by sendfile(2): the kernel
+        copies them from the page cache to the socket, through no Python buffer."""
+        self.send(head)
+        sent = self._sock.sendfile(_FileNumber(fd), offset, count)
+        if sent != count:
+            raise EOFError()
+
     def close(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -101,6 +110,25 @@ class SocketStream:
         self._sock.close()
         if self._on_close is not None:
             self._on_close()
+
+
+class _FileNumber:
+    """A file descriptor as ``socket.sendfile`` takes one (it needs only ``fileno``)."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def send_file_by_reading(stream: Stream, head: Sequence[bytes | memoryview], fd: int, offset: int,
+                         count: int) -> None:
+    """``send_file`` for streams without sendfile(2) (a paramiko channel): read, then send."""
+    data = os.pread(fd, count, offset)
+    if len(data) != count:
+        raise OSError(f"the file ended at byte {offset + len(data)}, before {offset + count}")
+    stream.send([*head, data])
 
 
 def _pack_string(data: bytes | str) -> bytes:
@@ -261,6 +289,22 @@ class SFTPSession:
         self._next = (self._next + 1) & 0xFFFFFFFF
         length = 5 + sum(len(p) for p in parts)
         self._send_raw([_HEADER.pack(length, kind, number), *parts])
+        return number
+
+    def send_with_file(self, kind: int, parts: Sequence[bytes], fd: int, offset: int, count: int) -> int:
+        """Sends one request whose last ``count`` bytes come from file ``fd`` at ``offset``; its id."""
+        number = self._next
+        self._next = (self._next + 1) & 0xFFFFFFFF
+        head = [_HEADER.pack(5 + sum(len(p) for p in parts) + count, kind, number), *parts]
+        if self._broken is not None:
+            raise self._broken
+        try:
+            if hasattr(self._stream, "send_file"):
+                self._stream.send_file(head, fd, offset, count)
+            else:
+                send_file_by_reading(self._stream, head, fd, offset, count)
+        except Exception as exc:
+            raise self._fail(exc, "sending") from None
         return number
 
     def _fill(self, want: int) -> None:
@@ -631,6 +675,19 @@ class Writer:
             piece = view[start : start + REQUEST_SIZE]
             number = self._session.send(_WRITE, self._handle, _U64.pack(self.position), _U32.pack(len(piece)), piece)
             self.position += len(piece)
+            self._pending.append((number, self.position))
+            while len(self._pending) >= self._window:
+                self._ack_oldest()
+
+    def write_from(self, fd: int, offset: int, count: int) -> None:
+        """Writes ``count`` bytes of local file ``fd`` from ``offset`` (the spool): sent by sendfile(2)."""
+        end = offset + count
+        while offset < end:
+            size = min(REQUEST_SIZE, end - offset)
+            number = self._session.send_with_file(_WRITE, (self._handle, _U64.pack(self.position), _U32.pack(size)),
+                                                   fd, offset, size)
+            offset += size
+            self.position += size
             self._pending.append((number, self.position))
             while len(self._pending) >= self._window:
                 self._ack_oldest()

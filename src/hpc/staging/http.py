@@ -36,6 +36,7 @@ if logging.getLogger("urllib3").level < logging.INFO:
     logging.getLogger("urllib3").setLevel(logging.INFO)
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 MAX_REDIRECTS = 5
+SEND_BLOCK = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -63,8 +64,17 @@ def guarded_pool_classes(policy: AddressPolicy, http_conn=HTTPConnection, https_
     def _new_conn(self):
         return guarded_connect(self, policy)
 
-    conn_http = type("GuardedHTTPConnection", (http_conn,), {"_new_conn": _new_conn})
-    conn_https = type("GuardedHTTPSConnection", (https_conn,), {"_new_conn": _new_conn})
+    def guarded(base: type, name: str) -> type:
+        def __init__(self, *args, **kwargs):
+            # Request bodies (S3 parts) are sent in blocks of this size: urllib3's default of 16 KiB makes a
+            # 16 MiB part a thousand read-and-send steps through Python.
+            kwargs.setdefault("blocksize", SEND_BLOCK)
+            base.__init__(self, *args, **kwargs)
+
+        return type(name, (base,), {"_new_conn": _new_conn, "__init__": __init__})
+
+    conn_http = guarded(http_conn, "GuardedHTTPConnection")
+    conn_https = guarded(https_conn, "GuardedHTTPSConnection")
     return {
         "http": type("GuardedHTTPConnectionPool", (http_pool,), {"ConnectionCls": conn_http}),
         "https": type("GuardedHTTPSConnectionPool", (https_pool,), {"ConnectionCls": conn_https}),

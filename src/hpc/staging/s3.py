@@ -100,7 +100,22 @@ def make_client(endpoint: str, access_key: str, secret_key: str, region: str | N
         config=config,
     )
     install_address_guard(client, policy)
+    for operation in ("UploadPart", "PutObject"):
+        client.meta.events.register(f"before-call.s3.{operation}", _payload_hash_from_checksum)
     return client
+
+
+def _payload_hash_from_checksum(params: dict, **_: Any) -> None:
+    """Gives SigV4 the body's SHA-256, already computed with the part's checksum.
+
+    Over plain HTTP botocore signs the payload and, without an ``X-Amz-Content-SHA256`` header, reads the
+    whole body once more to hash it (botocore ``S3SigV4Auth.payload``). The header is SigV4's own; the
+    server checks the body against it.
+    """
+    headers = params.get("headers", {})
+    checksum = headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in headers:
+        headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
 
 
 def install_address_guard(client, policy: AddressPolicy) -> None:

@@ -296,11 +296,11 @@ class ToCluster:
                         return
                     self._control.check()
                     want = _SEND_CHUNK if rng.end is None else min(_SEND_CHUNK, rng.end - position)
-                    data = spool.read(position, want)
-                    if not data:
+                    fd, at, count = spool.available(position, want)
+                    if not count:
                         break
-                    writer.write(data)
-                    position += len(data)
+                    writer.write_from(fd, at, count)
+                    position += count
                 writer.close()
             rng.finished = True
             on_ack(rng, position)

@@ -192,6 +192,24 @@ def test_parallel_sftp_streams_write_disjoint_ranges(tmp_path_factory, testbed, 
     assert gateway.log().count("dedicated data session") >= 3 + 3  # one per stream and file
 
 
+def test_the_paramiko_data_engine_delivers_the_same_bytes(tmp_path_factory, testbed, www, s3, cluster_dir):
+    relative, absolute = cluster_dir
+    gateway = start_gateway(tmp_path_factory, testbed, HPC_SSH_DATA_ENGINE="paramiko")
+    try:
+        into = post(gateway, "/data", {"src": www["ten"]["url"], "dst": f"{relative}/pk/ten.bin",
+                                       "infrastructure": "tb-slurm"})
+        final = wait(gateway, "data", into["id"])
+        assert final["status"] == "completed", final
+        out = post(gateway, "/s3_result", s3_body(testbed, s3, object=f"out/{relative}/pk.bin",
+                                                  src=f"{relative}/pk/ten.bin"))
+        assert wait(gateway, "s3_result", out["id"])["sha256"] == www["ten"]["sha256"]
+    finally:
+        gateway.stop()
+    assert sha256_file(absolute / "pk" / "ten.bin") == www["ten"]["sha256"]
+    assert "over paramiko" in gateway.log()
+    assert "over openssh" not in gateway.log()
+
+
 def test_progress_rises_monotonically_during_a_large_transfer(slow_gw, www, cluster_dir):
     relative, absolute = cluster_dir
     record = post(slow_gw, "/data", {"src": www["big"]["url"], "dst": f"{relative}/progress.bin",

@@ -144,3 +144,18 @@ def test_abort_from_another_thread_ends_a_blocked_read():
         session.stat("/anything")
     assert session.alive is False
     theirs.close()
+
+
+def test_writes_from_a_local_file_go_by_sendfile_and_arrive_whole(session, tmp_path):
+    data = os.urandom(2 * REQUEST_SIZE + 777)
+    local = tmp_path / "spool"
+    local.write_bytes(b"head" + data)
+    fd = os.open(local, os.O_RDONLY)
+    try:
+        writer = session.writer(str(tmp_path / "out"), 0, create=True)
+        writer.write_from(fd, 4, len(data))
+        writer.close()
+    finally:
+        os.close(fd)
+    assert writer.acked == len(data)
+    assert (tmp_path / "out").read_bytes() == data
