@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
     ("tracking.py", "cmds/period"),
     ("sftp.py", "gateway SSH layer put"),
     ("e2e.py", "s3 -> cluster"),
+    ("alternatives.py", "paramiko engine put"),
 ])
 def test_benchmark_smoke_run(testbed, script, expect):
     result = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True,
