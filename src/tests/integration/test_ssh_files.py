@@ -132,6 +132,35 @@ def test_many_small_files_cost_a_few_round_trips(files, remote_dir, connection):
     assert elapsed < 30
 
 
+@pytest.mark.parametrize("interpreter", ["python3", "no-such-python"])  # the follower, and its fallback
+def test_a_growing_file_is_hashed_as_it_arrives_and_a_removed_one_ends_the_hash(files, remote_dir, monkeypatch,
+                                                                                  interpreter):
+    import hpc.ssh.files as module
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(module, "_PYTHON", interpreter)
+    data = os.urandom(6 * MiB)
+    path = f"{remote_dir}/growing"
+    files.write_file(path, b"")
+    with ThreadPoolExecutor(2) as pool:
+        follower = pool.submit(files.hash_growing, path, len(data))
+        writer = files.open_writer(path, 0, dedicated=True)
+        for at in range(0, len(data), MiB):
+            writer.write(data[at : at + MiB])
+            time.sleep(0.05)
+        writer.close()
+        assert follower.result(timeout=30) == hashlib.sha256(data).hexdigest()
+        files.write_file(f"{remote_dir}/never-complete", b"x")
+        abandoned = pool.submit(files.hash_growing, f"{remote_dir}/never-complete", MiB)
+        time.sleep(1)
+        started = time.monotonic()
+        files.remove(f"{remote_dir}/never-complete")
+        assert abandoned.result(timeout=30) is None
+        assert time.monotonic() - started < 5
+    leftovers = files.run("pgrep -u \"$(id -u)\" -f 'never-complet[e]' || true").stdout.strip()
+    assert leftovers == ""
+
+
 def test_a_dropped_data_session_is_a_retryable_transport_error(files, remote_dir):
     writer = files.open_writer(f"{remote_dir}/drop", 0, create=True, dedicated=True)
     writer.write(b"x" * MiB)
