@@ -15,10 +15,8 @@ reader gets a session of its own. Nothing returned here is a library object.
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
-import subprocess
 import threading
 from typing import Callable, Iterator, Sequence
 
@@ -280,9 +278,16 @@ class ClusterFiles:
 
     # -- bulk data -----------------------------------------------------------------------------
 
+    def _session_for(self, dedicated: bool) -> tuple[SFTPSession, bool]:
+        """A session for a big file: with the OpenSSH engine every session is an ``ssh`` process of its own
+        already, so an idle one serves (no new handshake); with paramiko, a new connection."""
+        if dedicated and self.engine == "paramiko":
+            return self._open_session(True), True
+        return self._acquire(), False
+
     def open_writer(self, path: str, offset: int = 0, *, create: bool = False, dedicated: bool = False,
                     on_ack: Callable[[int], None] | None = None) -> "SessionWriter":
-        session = self._open_session(dedicated) if dedicated else self._acquire()
+        session, dedicated = self._session_for(dedicated)
         try:
             writer = session.writer(path, offset, create=create, on_ack=on_ack)
         except BaseException:
@@ -291,7 +296,7 @@ class ClusterFiles:
         return SessionWriter(writer, session, self if not dedicated else None)
 
     def read(self, path: str, offset: int, end: int, *, dedicated: bool = False) -> "SessionReader":
-        session = self._open_session(dedicated) if dedicated else self._acquire()
+        session, dedicated = self._session_for(dedicated)
         return SessionReader(session, path, offset, end, self if not dedicated else None)
 
     # -- hashing on the cluster ----------------------------------------------------------------
@@ -335,14 +340,9 @@ class ClusterFiles:
                    f'r=$(timeout {budget} tail -c +1 -s 0.2 -f --pid="$p" -- "$f" | head -c {size} | h); '
                    'kill "$p" 2>/dev/null; [ -e "$f" ] && echo "$r"; fi')
         try:
-            if self.engine == "openssh":
-                process = subprocess.run(self._engine().command(command), capture_output=True, text=True,
-                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-                                         timeout=budget + 60)
-                out = process.stdout
-            else:
-                out = self.run(command, timeout=budget + 60).stdout
-        except (TransportError, subprocess.SubprocessError, OSError) as exc:
+            # On the control connection: it carries one hash line, and opens no new connection.
+            out = self.run(command, timeout=budget + 60).stdout
+        except TransportError as exc:
             log.debug("hashing %s as it arrives failed: %s", path, exc)
             return None
         match = _HASH_LINE.match(out.strip())

@@ -114,6 +114,7 @@ class Fetcher:
             raise Halted()
 
     def _run(self) -> None:
+        self._began = time.monotonic()
         retrier = Retrier(self._settings, self._control, self._report, f"transfer {self._name}: reading")
         rate_t0, rate_b0 = time.monotonic(), self.position
         try:
@@ -182,6 +183,8 @@ class Fetcher:
                 self._close_range(self.position)
         self.total = self.position
         self._spool.finish()
+        log.debug("transfer %s: %s read (%d bytes) in %.2fs", self._name, self._source.description,
+                  self.position - self.start, time.monotonic() - self._began)
 
     def _close_range(self, boundary: int) -> None:
         sha = self._range_sha.hexdigest() if self._range_sha is not None else None

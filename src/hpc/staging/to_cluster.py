@@ -32,6 +32,7 @@ import logging
 import math
 import posixpath
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -164,6 +165,7 @@ class ToCluster:
             stream.close()
             raise
         follower = None
+        started = time.monotonic()
         with spool:
             fetcher = Fetcher(self._source, stream, spool, self._settings.verify_every, self._settings,
                               self._control, self._report, self.id)
@@ -183,12 +185,15 @@ class ToCluster:
                 if follower is not None and fetcher.error is not None:
                     follower.stop()
         size = fetcher.position
+        log.debug("transfer %s: %d bytes read and acknowledged in %.2fs", self.id, size - offset,
+                  time.monotonic() - started)
         segments.append((offset, size, fetcher.digest))
         self._cp.update(total=size, validator=fetcher.validator, segments=[list(s) for s in segments])
         self._report(checkpoint=dict(self._cp))
         if follower is not None:
             self._report(phase="verifying", done=size, total=size)
             seen = follower.result()
+            log.debug("transfer %s: the cluster's hash %.2fs after the start", self.id, time.monotonic() - started)
             if seen == fetcher.digest:
                 self._retry("moving the file into place", lambda: self._cluster.move_into_place(self._temp,
                                                                                                  self._dst))
