@@ -34,6 +34,8 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["tests", "tests.*"]),
+    # The Alembic revisions are modules (found above); their template and README are data.
+    package_data={"hpc.store.migrations": ["script.py.mako", "README.md"]},
     install_requires=requirements(),
     cmdclass={"build_py": BuildWithSpec},
     entry_points={"console_scripts": ["hpc-gateway=hpc.cli:main"]},

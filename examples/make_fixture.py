@@ -3,8 +3,9 @@
     python examples/make_fixture.py OUT [--key KEY_PATH] [--testbed-env FILE]
 
 Reads the testbed's facts (``/var/lib/hpc-testbed/testbed.env``: SSH address, S3 keys, HTTP root) and
-writes OUT (mode 0600: it holds S3 keys) with the testbed's two registrations (``tb-slurm``, ``tb-pbs``;
-``KEY_PATH`` is the key file's name in the gateway's key directory), its S3 store and its HTTP server.
+writes OUT (mode 0600: it holds S3 keys) with the testbed's three registrations (``tb-slurm``, ``tb-pbs``,
+``tb-sge``; ``KEY_PATH`` is the key file's name in the gateway's key directory), its S3 store and its HTTP
+server.
 The S3 keys change whenever the testbed's S3 server restarts: run it again then.
 """
 
@@ -31,6 +32,11 @@ def read_env(path: Path) -> dict[str, str]:
 
 def testbed_fixture(env: dict[str, str], key_path: str) -> dict:
     def cluster(name: str, scheduler: str) -> dict:
+        # The testbed has no MPI: SERRANO runs directly.
+        settings: dict = {"mpi_launcher": ""}
+        if scheduler == "sge":
+            # Grid Engine's programs come with its settings.sh (the testbed's /usr/bin/qsub is Torque's).
+            settings["command_setup_lines"] = [f". {env['TESTBED_SGE_SETTINGS']}"]
         return {
             "name": name,
             "host": env["TESTBED_SSH_HOST"],
@@ -39,12 +45,11 @@ def testbed_fixture(env: dict[str, str], key_path: str) -> dict:
             "hostname": env["TESTBED_HOSTNAME"],
             "scheduler": scheduler,
             "ssh_key": {"type": "ssh-ed25519", "path": key_path},
-            # The testbed has no MPI: SERRANO runs directly.
-            "settings": {"mpi_launcher": ""},
+            "settings": settings,
         }
 
     return {
-        "hpc": [cluster("tb-slurm", "slurm"), cluster("tb-pbs", "pbs")],
+        "hpc": [cluster("tb-slurm", "slurm"), cluster("tb-pbs", "pbs"), cluster("tb-sge", "sge")],
         "s3": [{
             "name": "testbed",
             "endpoint": env["TESTBED_S3_ENDPOINT"],

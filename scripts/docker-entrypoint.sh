@@ -5,7 +5,7 @@
 #
 #   docker run IMAGE                      -> hpc-gateway serve
 #   docker run IMAGE token ops --role admin
-#   docker run IMAGE job list --url ...   (any hpc-gateway command)
+#   docker run IMAGE job list --url ...   (any hpc-gateway command; db upgrade, db current)
 #   docker run -it IMAGE sh               (anything else runs as a command)
 set -eu
 
@@ -24,6 +24,6 @@ if [ "$command" = serve ] && [ -z "${HPC_TOKENS:-}" ] && [ -z "${HPC_CONFIG:-}" 
 fi
 
 case "$command" in
-  serve|token|infra|job|transfer|-*) exec hpc-gateway "$@" ;;
+  serve|token|infra|job|transfer|db|-*) exec hpc-gateway "$@" ;;
   *) exec "$@" ;;
 esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the gateway doing its real job on this machine: installs what is missing, brings up the local
-# testbed (a one-node Slurm with PBS wrappers, S3, HTTP, all on 127.0.0.1), starts the gateway on
-# 127.0.0.1:8080 with authentication on, registers the testbed twice (tb-slurm, tb-pbs), prints the
-# URL and a fresh admin token, and stays in the foreground until Ctrl-C.
+# testbed (a one-node Slurm with PBS wrappers, a one-node Grid Engine, S3, HTTP, all on 127.0.0.1),
+# starts the gateway on 127.0.0.1:8080 with authentication on, registers the testbed three times
+# (tb-slurm, tb-pbs, tb-sge), prints the URL and a fresh admin token, and stays in the foreground
+# until Ctrl-C.
 #
 # A real cluster instead: register it with POST /infrastructure (its key file in $HPC_DATA_DIR/keys,
 # its host key in $HPC_DATA_DIR/known_hosts or pinned in the request).
@@ -37,7 +38,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-register() {  # name scheduler
+register() {  # name scheduler [extra settings, JSON members]
   if [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$url/infrastructure/$1")" = 200 ]; then
     echo "[run] $1 already registered"; return
   fi
@@ -45,12 +46,14 @@ register() {  # name scheduler
     -d "{\"name\": \"$1\", \"host\": \"$TESTBED_SSH_HOST\", \"port\": $TESTBED_SSH_PORT,
          \"username\": \"$TESTBED_SSH_USER\", \"hostname\": \"$TESTBED_HOSTNAME\", \"scheduler\": \"$2\",
          \"ssh_key\": {\"type\": \"ssh-ed25519\", \"path\": \"testbed_ed25519\"},
-         \"settings\": {\"mpi_launcher\": \"\"}}" >/dev/null
+         \"settings\": {\"mpi_launcher\": \"\"${3:+, $3}}}" >/dev/null
   echo "[run] registered $1 ($2)"
 }
 register tb-slurm slurm
 register tb-pbs pbs
-# The examples' fixture (examples/README.md): these two clusters, the testbed's S3 store and web server.
+# Grid Engine's programs come with its settings.sh: on the testbed /usr/bin/qsub is the Torque wrapper.
+register tb-sge sge "\"command_setup_lines\": [\". $TESTBED_SGE_SETTINGS\"]"
+# The examples' fixture (examples/README.md): these three clusters, the testbed's S3 store and web server.
 .venv/bin/python examples/make_fixture.py "$data/fixture.infrastructure.yaml" --key testbed_ed25519 >/dev/null
 
 cat <<MSG

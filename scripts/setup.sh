@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need on Debian 12 as root, idempotently:
-# the testbed's Debian packages (testbed/install.sh), a Python venv in .venv with the pinned
+# the testbed's Debian packages (testbed/install.sh), podman for the image test, a Python venv in .venv with the pinned
 # requirements, and the gateway itself (editable). Re-runs take a few seconds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,12 +14,16 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v hey >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk hey >/dev/null
 fi
 
-# rclone: the peer bench/e2e.py and bench/many_files.py measure the gateway against (its smoke runs are part
-# of the test suite): what a user would reach for to copy between S3 and an SFTP server.
+# rclone: the peer bench/e2e.py measures the gateway against, for one big object and 2,000 small files (its smoke
+# run is part of the test suite): what a user would reach for to copy between S3 and an SFTP server.
 if ! command -v rclone >/dev/null 2>&1; then
   echo "[setup] installing rclone"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone >/dev/null
 fi
+
+# podman, buildah, runc, debootstrap, slirp4netns: the container image test builds and runs the image
+# (scripts/image.sh; the image itself is built, and cached, when that test runs).
+bash scripts/image.sh install
 
 python="${PYTHON:-python3}"
 if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then

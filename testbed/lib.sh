@@ -15,6 +15,17 @@ SLURMD_PORT=6818
 SLURM_CONF=/etc/slurm/slurm.conf
 JOBCOMP=/var/log/slurm/jobcomp.log
 MUNGE_PID=/run/munge/munged.pid
+# Son of Grid Engine (unpacked by install.sh): an upstream-style SGE_ROOT with cell "default".
+SGE_ROOT=/opt/hpc-testbed/sge
+SGE_CELL=default
+SGE_ARCH=lx-amd64
+SGE_ADMIN=sgeadmin
+SGE_QMASTER_PORT=6444
+SGE_EXECD_PORT=6445
+SGE_QUEUE=all.q
+SGE_COMMON=$SGE_ROOT/$SGE_CELL/common
+SGE_SPOOL=$SGE_ROOT/$SGE_CELL/spool
+SGE_SETTINGS=$SGE_COMMON/settings.sh
 S3_REGION=us-east-1
 
 log() { echo "[testbed] $*"; }
@@ -63,6 +74,11 @@ pidfile_of() {
         nginx) echo "$TB/pids/nginx.pid" ;;
         moto) echo "$TB/pids/moto.pid" ;;
         postgres) echo "$TB/pids/postgres.pid" ;;
+        # Grid Engine's daemons fork and write their own pid files in their spool directories.
+        sge_qmaster) echo "$SGE_SPOOL/qmaster/qmaster.pid" ;;
+        # execd names its spool directory after the host name it resolved at start ("localhost" here,
+        # as 127.0.0.1 resolves back to it); the cell has one execution host.
+        sge_execd) compgen -G "$SGE_SPOOL/*/execd.pid" | head -1 || echo "$SGE_SPOOL/$(hostname)/execd.pid" ;;
         *) die "unknown daemon $1" ;;
     esac
 }
@@ -76,6 +92,7 @@ port_of() {
     case $1 in
         sshd) echo $SSH_PORT ;; slurmctld) echo $CTLD_PORT ;; slurmd) echo $SLURMD_PORT ;;
         nginx) echo $HTTP_PORT ;; moto) echo $S3_PORT ;; munged) echo "" ;; postgres) echo $PG_PORT ;;
+        sge_qmaster) echo $SGE_QMASTER_PORT ;; sge_execd) echo $SGE_EXECD_PORT ;;
     esac
 }
 daemon_pid() { pidfile_pid "$(pidfile_of "$1")" "$(comm_of "$1")"; }
@@ -98,15 +115,19 @@ stop_daemon() {
         return 0
     fi
     # PostgreSQL takes TERM as "wait for every client to leave"; INT is its fast shutdown.
-    local sig=TERM
+    # sge_qmaster's controlled shutdown takes a few seconds; Grid Engine's own rc script repeats TERM
+    # every 2 s for up to 40 s before KILL (util/rctemplates/sgemaster_template).
+    local sig=TERM secs=5
     [ "$name" = postgres ] && sig=INT
+    [ "$name" = sge_qmaster ] && secs=30
     kill -"$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 1; i <= secs * 10; i++)); do
         pid_alive "$pid" || break
+        [ "$name" = sge_qmaster ] && ((i % 20 == 0)) && kill -TERM "$pid" 2>/dev/null
         sleep 0.1
     done
     if pid_alive "$pid"; then
-        log "$name: still alive after 5 s, sending KILL"
+        log "$name: still alive after $secs s, sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
         for ((i = 0; i < 20; i++)); do pid_alive "$pid" || break; sleep 0.1; done
     fi
@@ -128,6 +149,8 @@ marker_of() {
         moto) echo "$VENV/bin/moto_server" ;;
         slurmctld) echo "/usr/sbin/slurmctld" ;;
         slurmd) echo "/usr/sbin/slurmd" ;;
+        sge_qmaster) echo "$SGE_ROOT/bin/$SGE_ARCH/sge_qmaster" ;;
+        sge_execd) echo "$SGE_ROOT/bin/$SGE_ARCH/sge_execd" ;;
         *) echo "" ;;
     esac
 }
@@ -315,10 +338,15 @@ MailProg=/bin/true
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=600
+# bench/replicas.py keeps 10,000 jobs queued (default limit 10000, finished jobs included until MinJobAge)
+MaxJobCount=50000
 KillWait=5
 SlurmdTimeout=30
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# State=DOWN: jobs queue here (Reason=PartitionDown) and never start, so benchmarks can keep thousands of
+# jobs active without taking the 2 CPUs from other tests' jobs.
+PartitionName=parked Nodes=localhost MaxTime=INFINITE State=DOWN
 EOF
     SLURM_CONF_CHANGED=$CHANGED
 }
@@ -373,6 +401,326 @@ wait_sinfo_answers() {
         sleep 0.2
     done
     die "sinfo got no answer from slurmctld within $secs s"
+}
+
+# ---------------------------------------------------------------- Grid Engine
+# A one-host cell: sge_qmaster :6444 and sge_execd :6445 (Grid Engine binds every address: it has no
+# listen-address setting), queue all.q with 2 slots (nproc) and a parallel environment smp. Classic
+# (plain file) spooling under $SGE_ROOT/default/spool, so a killed qmaster leaves no database to repair.
+# Client commands need SGE_ROOT/SGE_CELL and $SGE_ROOT/bin/lx-amd64 on PATH: $SGE_SETTINGS, as upstream.
+# sge PROG ARGS...: run one of Grid Engine's programs with the cell's environment (at most 30 s).
+sge() {
+    local prog=$1; shift
+    timeout 30 env SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL" SGE_QMASTER_PORT=$SGE_QMASTER_PORT \
+        SGE_EXECD_PORT=$SGE_EXECD_PORT "$SGE_ROOT/bin/$SGE_ARCH/$prog" "$@"
+}
+sge_admin() { local prog=$1; shift; runuser -u "$SGE_ADMIN" -- env SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL" "$SGE_ROOT/bin/$SGE_ARCH/$prog" "$@"; }
+
+setup_sge() {
+    local host d
+    host=$(hostname)
+    [ -x "$SGE_ROOT/bin/$SGE_ARCH/sge_qmaster" ] || die "$SGE_ROOT/bin/$SGE_ARCH/sge_qmaster missing: run testbed/install.sh"
+    if ! id "$SGE_ADMIN" >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir "$SGE_ROOT" --shell /usr/sbin/nologin "$SGE_ADMIN"
+        log "created user $SGE_ADMIN"
+    fi
+    install -d -m 755 -o "$SGE_ADMIN" -g "$SGE_ADMIN" "$SGE_ROOT/$SGE_CELL" "$SGE_COMMON" "$SGE_SPOOL"
+    install -d -m 755 "$TB/sge" "$TB/sge/adminhosts" "$TB/sge/submithosts" "$TB/sge/exechosts" "$TB/sge/pes" "$TB/sge/cqueues"
+    CHANGED=0
+    write_file "$SGE_COMMON/bootstrap" 644 <<EOF
+# Version: 8.1.9
+admin_user              $SGE_ADMIN
+default_domain          none
+ignore_fqdn             true
+spooling_method         classic
+spooling_lib            libspoolc
+spooling_params         $SGE_COMMON;$SGE_SPOOL/qmaster
+binary_path             $SGE_ROOT/bin
+qmaster_spool_dir       $SGE_SPOOL/qmaster
+security_mode           none
+job_spooling            true
+listener_threads        2
+worker_threads          2
+scheduler_threads       1
+EOF
+    echo "$host" | write_file "$SGE_COMMON/act_qmaster" 644
+    # The host resolves to 127.0.0.1, which resolves back to "localhost": without this alias commlib
+    # refuses clients ("client IP resolved to host name localhost. This is not identical to clients
+    # host name vm").
+    if [ "$host" != localhost ]; then echo "$host localhost" | write_file "$SGE_COMMON/host_aliases" 644; fi
+    SGE_CONF_CHANGED=$CHANGED
+    write_file "$SGE_SETTINGS" 644 <<EOF
+# Grid Engine client environment (as an upstream installation's settings.sh); source it: . $SGE_SETTINGS
+SGE_ROOT=$SGE_ROOT; export SGE_ROOT
+SGE_CELL=$SGE_CELL; export SGE_CELL
+SGE_CLUSTER_NAME=testbed; export SGE_CLUSTER_NAME
+SGE_QMASTER_PORT=$SGE_QMASTER_PORT; export SGE_QMASTER_PORT
+SGE_EXECD_PORT=$SGE_EXECD_PORT; export SGE_EXECD_PORT
+PATH=\$SGE_ROOT/bin/$SGE_ARCH:\$PATH; export PATH
+EOF
+    chown "$SGE_ADMIN:$SGE_ADMIN" "$SGE_COMMON"/*
+
+    # The cell's objects, applied by configure_sge (qconf) once qmaster runs; the first three also seed
+    # the spool before the first start (qconf needs an admin host and a manager to exist).
+    CHANGED=0
+    write_file "$TB/sge/global.conf" 644 <<EOF
+conf_version           0
+execd_spool_dir        $SGE_SPOOL
+mailer                 /bin/true
+xterm                  /usr/bin/xterm
+load_sensor            none
+prolog                 none
+epilog                 none
+shell_start_mode       unix_behavior
+login_shells           bash,sh,ksh,csh,tcsh
+min_uid                100
+min_gid                100
+user_lists             none
+xuser_lists            none
+projects               none
+xprojects              none
+enforce_project        false
+enforce_user           auto
+load_report_time       00:00:10
+max_unheard            00:05:00
+reschedule_unknown     00:00:00
+loglevel               log_warning
+administrator_mail     none
+set_token_cmd          none
+pag_cmd                none
+token_extend_time      none
+shepherd_cmd           none
+qmaster_params         none
+execd_params           none
+reporting_params       accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00
+finished_jobs          100
+gid_range              65400-65500
+qlogin_command         builtin
+qlogin_daemon          builtin
+rlogin_command         builtin
+rlogin_daemon          builtin
+rsh_command            builtin
+rsh_daemon             builtin
+max_aj_instances       2000
+max_aj_tasks           75000
+max_u_jobs             0
+max_jobs               0
+max_advance_reservations 0
+auto_user_oticket      0
+auto_user_fshare       0
+auto_user_default_project none
+auto_user_delete_time  86400
+delegated_file_staging false
+reprioritize           0
+jsv_url                none
+jsv_allowed_mod        ac,h,i,e,o,j,M,N,p,w
+EOF
+    SGE_GLOBAL_CHANGED=$CHANGED
+    echo "hostname $host" | write_file "$TB/sge/adminhosts/$host" 644
+    echo "hostname $host" | write_file "$TB/sge/submithosts/$host" 644
+    CHANGED=0
+    write_file "$TB/sge/exechosts/$host" 644 <<EOF
+hostname              $host
+load_scaling          NONE
+complex_values        NONE
+user_lists            NONE
+xuser_lists           NONE
+projects              NONE
+xprojects             NONE
+usage_scaling         NONE
+report_variables      NONE
+EOF
+    SGE_EXECHOST_CHANGED=$CHANGED
+    # smp: all slots of a job on one host (sge_pe(5) allocation_rule $pe_slots).
+    CHANGED=0
+    write_file "$TB/sge/pes/smp" 644 <<EOF
+pe_name            smp
+slots              999
+user_lists         NONE
+xuser_lists        NONE
+start_proc_args    NONE
+stop_proc_args     NONE
+allocation_rule    \$pe_slots
+control_slaves     FALSE
+job_is_first_task  TRUE
+urgency_slots      min
+accounting_summary FALSE
+qsort_args         NONE
+EOF
+    SGE_PE_CHANGED=$CHANGED
+    # load_thresholds NONE: on a loaded shared box np_load_avg would put the queue in alarm state and
+    # stop scheduling. terminate_method NONE (the default): qdel and h_rt end a job with SIGKILL, as on
+    # most sites, so the gateway must (and does) read the outcome from qacct.
+    CHANGED=0
+    write_file "$TB/sge/cqueues/$SGE_QUEUE" 644 <<EOF
+qname                 $SGE_QUEUE
+hostlist              $host
+seq_no                0
+load_thresholds       NONE
+suspend_thresholds    NONE
+nsuspend              1
+suspend_interval      00:05:00
+priority              0
+min_cpu_interval      00:05:00
+processors            UNDEFINED
+qtype                 BATCH INTERACTIVE
+ckpt_list             NONE
+pe_list               smp
+rerun                 FALSE
+slots                 $(nproc)
+tmpdir                /tmp
+shell                 /bin/bash
+prolog                NONE
+epilog                NONE
+shell_start_mode      unix_behavior
+starter_method        NONE
+suspend_method        NONE
+resume_method         NONE
+terminate_method      NONE
+notify                00:00:60
+owner_list            NONE
+user_lists            NONE
+xuser_lists           NONE
+subordinate_list      NONE
+complex_values        NONE
+projects              NONE
+xprojects             NONE
+calendar              NONE
+initial_state         default
+s_rt                  INFINITY
+h_rt                  INFINITY
+s_cpu                 INFINITY
+h_cpu                 INFINITY
+s_fsize               INFINITY
+h_fsize               INFINITY
+s_data                INFINITY
+h_data                INFINITY
+s_stack               INFINITY
+h_stack               INFINITY
+s_core                INFINITY
+h_core                INFINITY
+s_rss                 INFINITY
+h_rss                 INFINITY
+s_vmem                INFINITY
+h_vmem                INFINITY
+EOF
+    SGE_QUEUE_CHANGED=$CHANGED
+
+    if [ ! -e "$SGE_SPOOL/qmaster/.testbed-initialised" ]; then
+        log "grid engine: initialising the cell's spool in $SGE_SPOOL/qmaster"
+        install -d -m 755 -o "$SGE_ADMIN" -g "$SGE_ADMIN" "$SGE_SPOOL/qmaster"
+        sge_admin spoolinit classic libspoolc "$SGE_COMMON;$SGE_SPOOL/qmaster" init >/dev/null
+        sge_admin spooldefaults configuration "$TB/sge/global.conf"
+        sge_admin spooldefaults complexes "$SGE_ROOT/util/resources/centry"
+        sge_admin spooldefaults usersets "$SGE_ROOT/util/resources/usersets"
+        sge_admin spooldefaults managers "$SGE_ADMIN" root
+        sge_admin spooldefaults adminhosts "$TB/sge/adminhosts"
+        sge_admin spooldefaults submithosts "$TB/sge/submithosts"
+        touch "$SGE_SPOOL/qmaster/.testbed-initialised"
+        SGE_GLOBAL_CHANGED=0
+    fi
+    for d in "$SGE_SPOOL" "$SGE_SPOOL/qmaster"; do chown "$SGE_ADMIN:$SGE_ADMIN" "$d"; done
+}
+
+qmaster_answers() { sge qconf -sh >/dev/null 2>&1; }
+
+start_sge_qmaster() {
+    adopt_orphan sge_qmaster || true
+    if daemon_running sge_qmaster; then
+        if [ "${SGE_CONF_CHANGED:-0}" = 1 ]; then log "sge_qmaster: cell files changed, restarting"; stop_daemon sge_qmaster
+        else log "sge_qmaster: running (pid $(daemon_pid sge_qmaster))"; return 0; fi
+    fi
+    ensure_port_free sge_qmaster
+    # sge_qmaster forks (its own session), switches to $SGE_ADMIN and writes its pid file.
+    (cd / && sge sge_qmaster) </dev/null >>"$TB/logs/sge_qmaster.out" 2>&1 9>&- ||
+        die "sge_qmaster failed to start, see $SGE_SPOOL/qmaster/messages and $TB/logs/sge_qmaster.out"
+    wait_port $SGE_QMASTER_PORT 20 sge_qmaster
+    local i
+    for ((i = 0; i < 150; i++)); do qmaster_answers && break; sleep 0.2; done
+    qmaster_answers || die "sge_qmaster does not answer qconf within 30 s, see $SGE_SPOOL/qmaster/messages"
+    daemon_running sge_qmaster || die "sge_qmaster: no live pid in $(pidfile_of sge_qmaster)"
+    log "sge_qmaster: started on :$SGE_QMASTER_PORT (pid $(daemon_pid sge_qmaster))"
+}
+
+# sge_apply KIND NAME FILE CHANGED: add the object if qmaster does not have it, modify it if FILE changed.
+sge_apply() {
+    local kind=$1 name=$2 file=$3 changed=$4 show add mod out
+    case $kind in
+        exechost) show=-se add=-Ae mod=-Me ;;
+        pe) show=-sp add=-Ap mod=-Mp ;;
+        queue) show=-sq add=-Aq mod=-Mq ;;
+    esac
+    if ! sge qconf "$show" "$name" >/dev/null 2>&1; then
+        out=$(sge qconf "$add" "$file" 2>&1) || die "qconf $add $file failed: $out"
+        log "grid engine: added $kind $name"
+    elif [ "$changed" = 1 ]; then
+        out=$(sge qconf "$mod" "$file" 2>&1) || die "qconf $mod $file failed: $out"
+        log "grid engine: updated $kind $name"
+    fi
+}
+
+# Objects and scheduler settings, applied through qmaster (idempotent).
+configure_sge() {
+    local host sconf
+    host=$(hostname)
+    if [ "${SGE_GLOBAL_CHANGED:-0}" = 1 ]; then
+        sge qconf -Mconf "$TB/sge/global.conf" >/dev/null 2>&1 || die "qconf -Mconf $TB/sge/global.conf failed"
+        log "grid engine: updated the global configuration"
+    fi
+    sge_apply exechost "$host" "$TB/sge/exechosts/$host" "${SGE_EXECHOST_CHANGED:-0}"
+    sge_apply pe smp "$TB/sge/pes/smp" "${SGE_PE_CHANGED:-0}"
+    sge_apply queue "$SGE_QUEUE" "$TB/sge/cqueues/$SGE_QUEUE" "${SGE_QUEUE_CHANGED:-0}"
+    # Schedule within a second of a submit or a job's end (default: every 15 s).
+    sconf=$(sge qconf -ssconf) || die "qconf -ssconf failed"
+    if ! grep -qE '^schedule_interval +0:0:1$' <<<"$sconf" || ! grep -qE '^flush_submit_sec +1$' <<<"$sconf" ||
+        ! grep -qE '^flush_finish_sec +1$' <<<"$sconf"; then
+        sed -E -e 's/^(schedule_interval +).*/\10:0:1/' -e 's/^(flush_submit_sec +).*/\11/' \
+            -e 's/^(flush_finish_sec +).*/\11/' <<<"$sconf" >"$TB/sge/sched.conf"
+        sge qconf -Msconf "$TB/sge/sched.conf" >/dev/null 2>&1 || die "qconf -Msconf $TB/sge/sched.conf failed"
+        log "grid engine: scheduler runs every second"
+    fi
+}
+
+start_sge_execd() {
+    adopt_orphan sge_execd || true
+    if daemon_running sge_execd; then
+        if [ "${SGE_CONF_CHANGED:-0}" = 1 ]; then log "sge_execd: cell files changed, restarting"; stop_daemon sge_execd
+        else log "sge_execd: running (pid $(daemon_pid sge_execd))"; return 0; fi
+    fi
+    ensure_port_free sge_execd
+    (cd / && sge sge_execd) </dev/null >>"$TB/logs/sge_execd.out" 2>&1 9>&- ||
+        die "sge_execd failed to start, see $SGE_SPOOL/*/messages and $TB/logs/sge_execd.out"
+    wait_port $SGE_EXECD_PORT 20 sge_execd
+    local i
+    for ((i = 0; i < 50; i++)); do daemon_running sge_execd && break; sleep 0.1; done
+    daemon_running sge_execd || die "sge_execd: no live pid in $(pidfile_of sge_execd)"
+    log "sge_execd: started on :$SGE_EXECD_PORT (pid $(daemon_pid sge_execd))"
+}
+
+# The queue instance's state letters (qstat(1) -f "states"): empty when it takes jobs.
+sge_queue_state() {
+    sge qstat -f -q "$SGE_QUEUE@$(hostname)" 2>/dev/null |
+        awk -v q="$SGE_QUEUE@$(hostname)" '$1 == q { print (NF >= 6 ? $6 : "") }'
+}
+
+# Wait until the queue instance takes jobs: execd reported (no "u"), not in error or disabled.
+wait_sge_ready() {
+    local secs=${1:-30} i st="?" fixed=0
+    for ((i = 0; i < secs * 5; i++)); do
+        st=$(sge_queue_state || echo "?")
+        case $st in
+            "") log "grid engine: queue $SGE_QUEUE@$(hostname) takes jobs"; return 0 ;;
+            *E* | *d*)
+                if [ $fixed = 0 ]; then
+                    log "grid engine: queue instance state '$st', clearing errors and enabling it"
+                    sge qmod -c "$SGE_QUEUE" >/dev/null 2>&1 || true
+                    sge qmod -e "$SGE_QUEUE" >/dev/null 2>&1 || true
+                    fixed=1
+                fi ;;
+        esac
+        sleep 0.2
+    done
+    die "grid engine queue $SGE_QUEUE@$(hostname) not ready after $secs s (state '$st'); see $SGE_SPOOL/qmaster/messages, $SGE_SPOOL/*/messages"
 }
 
 # ---------------------------------------------------------------- nginx
@@ -527,6 +875,9 @@ TESTBED_SLURM_CPUS=$(nproc)
 TESTBED_SLURM_PARTITION=debug
 TESTBED_SLURM_NODE=localhost
 TESTBED_JOBCOMP=$JOBCOMP
+TESTBED_SGE_ROOT=$SGE_ROOT
+TESTBED_SGE_SETTINGS=$SGE_SETTINGS
+TESTBED_SGE_QUEUE=$SGE_QUEUE
 TESTBED_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 TESTBED_S3_ACCESS_KEY=$ak
 TESTBED_S3_SECRET_KEY=$sk
@@ -537,16 +888,17 @@ TESTBED_PG_URL=postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres
 EOF
 }
 
-ALL_DAEMONS="sshd munged slurmctld slurmd nginx moto postgres"
+ALL_DAEMONS="sshd munged slurmctld slurmd sge_qmaster sge_execd nginx moto postgres"
 
 status_all() {
-    local d pid port rc=0
+    local d pid port addr rc=0
     for d in $ALL_DAEMONS; do
         port=$(port_of "$d")
         if pid=$(daemon_pid "$d"); then
-            printf '%-10s running  pid %-8s %s\n' "$d" "$pid" "${port:+127.0.0.1:$port}"
+            case $d in sge_*) addr="*:$port" ;; *) addr=${port:+127.0.0.1:$port} ;; esac  # Grid Engine binds all
+            printf '%-12s running  pid %-8s %s\n' "$d" "$pid" "$addr"
         else
-            printf '%-10s stopped\n' "$d"
+            printf '%-12s stopped\n' "$d"
             rc=1
         fi
     done

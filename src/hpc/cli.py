@@ -2,9 +2,11 @@
 
     hpc-gateway serve [--config FILE] [--host H] [--port P]   run the gateway
     hpc-gateway token NAME [--role admin|user]                a new API token and the hash to configure
-    hpc-gateway infra  add|list|show|rm|telemetry             infrastructures
-    hpc-gateway job    submit|list|show|cancel|logs|wait      jobs
+    hpc-gateway infra  add|list|show|patch|rm|telemetry       infrastructures
+    hpc-gateway job    submit|list|show|cancel|logs|wait      jobs (submit --dry-run: what would be sent)
+    hpc-gateway template add|list|show|rm                     job templates
     hpc-gateway transfer http|s3-in|s3-out|list|show|cancel|wait
+    hpc-gateway events [--follow] [--job ID] [--transfer ID] [--type T]   the event stream
 
 The client commands talk to ``--url`` (default ``$HPC_URL``, else http://127.0.0.1:8080) with ``--token``
 (default ``$HPC_TOKEN``). Every one of them takes ``--json`` and then prints the gateway's JSON record(s)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -226,7 +229,7 @@ _DEVNULL = _Discard()
 @click.version_option(__version__, prog_name="hpc-gateway")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
-    """hpc-gateway: run the gateway, or drive one (infrastructures, jobs, transfers).
+    """hpc-gateway: run the gateway, or drive one (infrastructures, jobs, templates, transfers).
 
     \b
     Exit codes: 0 success; 1 a job or transfer ended without success;
@@ -299,7 +302,7 @@ def _infra_entries(document: Any) -> list[dict[str, Any]]:
 @click.option("--port", type=click.IntRange(1, 65535), help="SSH port [default: 22].")
 @click.option("--user", "username", help="Login user on the cluster.")
 @click.option("--hostname", help="The cluster's own name [default: the host].")
-@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]))
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs", "sge"]))
 @click.option("--key", "key_path", metavar="PATH", help="Private key file, inside the gateway's key directory.")
 @click.option("--key-type", type=click.Choice(["ssh-ed25519", "ssh-rsa"]), default="ssh-ed25519", show_default=True)
 @click.option("--key-passphrase", envvar="HPC_KEY_PASSPHRASE", metavar="TEXT",
@@ -385,6 +388,54 @@ def infra_show(name: str) -> int:
     return EXIT_OK
 
 
+@infra.command("patch")
+@click.argument("name")
+@click.option("--host", help="New address used for SSH.")
+@click.option("--port", type=click.IntRange(1, 65535), help="New SSH port.")
+@click.option("--user", "username", help="New login user.")
+@click.option("--hostname", help="New name of the cluster.")
+@click.option("--key", "key_path", metavar="PATH", help="New private key file, inside the gateway's key directory.")
+@click.option("--private-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="Send this private key itself (stored encrypted) instead of naming a path.")
+@click.option("--key-passphrase", envvar="HPC_KEY_PASSPHRASE", metavar="TEXT",
+              help="The new key's passphrase, or alone the current key's new one [env: HPC_KEY_PASSPHRASE].")
+@click.option("--host-key", metavar="'TYPE BASE64'", help="Pin this host key (or @FILE with it).")
+@click.option("--unpin-host-key", is_flag=True, help="Unpin the host key: the gateway's known_hosts decides.")
+@click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Change one site setting, as 'infra add --setting' (repeatable); others stay.")
+@click.option("--reset-setting", "reset", multiple=True, metavar="KEY",
+              help="Drop a site setting back to its default (repeatable).")
+@client_options
+def infra_patch(name, host, port, username, hostname, key_path, private_key_file, key_passphrase, host_key,
+                unpin_host_key, settings, reset) -> int:
+    """Change infrastructure NAME (admin): only what is given changes.
+
+    A new connection (host, port, user, key, host key) is tried before the gateway answers; if it does
+    not work the change is refused (exit 3) and the old one stays in force. Jobs keep running.
+    """
+    if host_key and unpin_host_key:
+        raise click.UsageError("give --host-key or --unpin-host-key, not both")
+    if key_path and private_key_file:
+        raise click.UsageError("give --key or --private-key-file, not both")
+    ssh_key: dict[str, Any] | None = None
+    if key_path or private_key_file or key_passphrase is not None:
+        ssh_key = {"path": key_path} if key_path else {}
+        if private_key_file:
+            ssh_key["private_key"] = Path(private_key_file).read_text()
+        if key_passphrase is not None:
+            ssh_key["password"] = key_passphrase
+    if host_key and host_key.startswith("@"):
+        host_key = Path(host_key[1:]).read_text().strip()
+    record = _settings().client.update_infrastructure(
+        name, host=host, port=port, username=username, hostname=hostname, ssh_key=ssh_key,
+        host_key="" if unpin_host_key else host_key,
+        settings=_parse_assignments(settings, "--setting") if settings else None,
+        reset_settings=list(reset) or None)
+    emit(record, lambda r: click.echo(f"changed {r['name']} ({r['scheduler']}, {r.get('username')}@{r['host']}:"
+                                      f"{r.get('port', 22)}, host key {r.get('host_key_fingerprint', '?')})"))
+    return EXIT_OK
+
+
 @infra.command("rm")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @client_options
@@ -467,35 +518,65 @@ def _wait_jobs(jobs: list[Mapping[str, Any]], timeout: float | None, poll: float
     return _wait(jobs, timeout, poll, watch_jobs, job_line, _job_outcome)
 
 
+# The contract's JobResources.walltime pattern: refused here with exit 2 rather than sent to be refused.
+_WALLTIME = re.compile(r"^(\d{1,4}-)?\d{1,4}:[0-5]\d:[0-5]\d$")
+
+
+def _walltime(_ctx, _param, value: str | None) -> str | None:
+    if value is not None and not _WALLTIME.match(value):
+        raise click.BadParameter(f"{value!r} does not read [D-]HH:MM:SS (for example 00:30:00 or 1-12:00:00)")
+    return value
+
+
+_CONDITIONS = ("ok", "notok", "any")
+
+
+def _after(_ctx, _param, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        job, _, condition = value.partition(":")
+        if not job or (condition and condition not in _CONDITIONS):
+            raise click.BadParameter(f"{value!r} does not read ID[:ok|notok|any]")
+    return values
+
+
 @job.command("submit", context_settings={"allow_interspersed_args": False})
 @click.option("-i", "--infra", "infrastructure", envvar="HPC_INFRASTRUCTURE", required=True,
               help="Infrastructure to run on [env: HPC_INFRASTRUCTURE].")
 @click.option("--script", type=click.File("r"), metavar="FILE", help="Bash script to run ('-' reads stdin).")
 @click.option("--services", "services", multiple=True, metavar="NAME[,NAME]",
               help="SERRANO services (fft, kmean, knn, ...), with --param read_input_data=...")
+@click.option("--template", metavar="NAME", help="A registered job template, with its --param values.")
+@click.option("--template-version", type=click.IntRange(1), metavar="N", help="Template version [default: newest].")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="SERRANO parameter; dots nest (kmean.cluster_number=3); JSON values (repeatable).")
-@click.option("--params-file", type=click.File("r"), metavar="FILE", help="SERRANO parameters as YAML/JSON.")
+              help="SERRANO or template parameter; dots nest (kmean.cluster_number=3); JSON values (repeatable).")
+@click.option("--params-file", type=click.File("r"), metavar="FILE", help="Those parameters as YAML/JSON.")
 @click.option("--name", help="Job name.")
 @click.option("--nodes", type=click.IntRange(1))
 @click.option("--tasks", type=click.IntRange(1))
 @click.option("--cpus-per-task", type=click.IntRange(1))
 @click.option("--memory-mb", type=click.IntRange(1))
-@click.option("--walltime", metavar="[D-]HH:MM:SS")
+@click.option("--walltime", metavar="[D-]HH:MM:SS", callback=_walltime)
 @click.option("--partition", help="Partition (Slurm) or queue (PBS).")
 @click.option("--account")
 @click.option("--workdir", help="Working directory on the cluster (relative to home unless absolute).")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable (repeatable).")
+@click.option("--array", metavar="START-END[:STEP][%CAP]",
+              help="Run it as an array of tasks, e.g. 0-99%10; each task sees HPC_ARRAY_TASK_ID.")
+@click.option("--after", "after", multiple=True, metavar="ID[:ok|notok|any]", callback=_after,
+              help="Start only after that job ended so (default ok: it completed); repeatable, all must hold.")
 @click.option("--watch-period", type=float, help="Seconds between the gateway's status checks.")
+@click.option("--dry-run", is_flag=True,
+              help="Show what would be sent (batch script, payload, submit command, resources); submit nothing.")
+@click.option("--reservation", metavar="TOKEN", help="Submit under the job id a --dry-run reserved (its script).")
 @click.option("--wait", is_flag=True, help="Wait for the job with a live state line; exit 1 unless it succeeded.")
 @click.option("--timeout", type=float, help="Seconds --wait waits at most (exit 4 then).")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between polls while waiting.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @client_options
-def job_submit(infrastructure, script, services, params, params_file, name, nodes, tasks, cpus_per_task,
-               memory_mb, walltime, partition, account, workdir, env, watch_period, wait, timeout, poll,
-               command) -> int:
-    """Submit a job: --script FILE, --services NAMES, or a command after '--'.
+def job_submit(infrastructure, script, services, template, template_version, params, params_file, name, nodes,
+               tasks, cpus_per_task, memory_mb, walltime, partition, account, workdir, env, array, after,
+               watch_period, dry_run, reservation, wait, timeout, poll, command) -> int:
+    """Submit a job: --script FILE, --services NAMES, --template NAME, or a command after '--'.
 
     \b
     Examples:
@@ -503,13 +584,18 @@ def job_submit(infrastructure, script, services, params, params_file, name, node
       hpc-gateway job submit -i tb-pbs --script job.sh --nodes 1 --tasks 2
       hpc-gateway job submit -i tb-slurm --services fft \\
           --param read_input_data=/Init_Data/raw_data_input_fft/input.csv --wait
+      hpc-gateway job submit -i tb-slurm --template solver --param input=in.dat --dry-run
+      hpc-gateway job submit -i tb-sge --array 0-99%10 -- bash -c 'echo task $HPC_ARRAY_TASK_ID'
+      hpc-gateway job submit -i tb-pbs --after "$first":ok --wait -- echo second
     """
     service_names = [s.strip() for item in services for s in item.split(",") if s.strip()]
     given = [label for label, present in (("--script", script), ("--services", service_names),
-                                          ("a command", command)) if present]
+                                          ("--template", template), ("a command", command)) if present]
     if len(given) != 1:
-        raise click.UsageError("give exactly one of --script FILE, --services NAMES, or a command after '--'"
-                               + (f" (got {' and '.join(given)})" if given else ""))
+        raise click.UsageError("give exactly one of --script FILE, --services NAMES, --template NAME, or a command "
+                               "after '--'" + (f" (got {' and '.join(given)})" if given else ""))
+    if dry_run and wait:
+        raise click.UsageError("--dry-run submits nothing to --wait for")
     parameters: dict[str, Any] | None = None
     if params_file or params:
         parameters = {}
@@ -532,11 +618,18 @@ def job_submit(infrastructure, script, services, params, params_file, name, node
             if not sep or not key:
                 raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--env")
             environment[key] = value
-    record = _settings().client.submit_job(
-        infrastructure, services=service_names or None, params=parameters,
+    request = dict(
+        services=service_names or None, params=parameters if not template else None,
+        template=template, parameters=parameters if template else None, template_version=template_version,
         script=script.read() if script else None, command=list(command) or None,
         resources=resources or None, name=name, workdir=workdir, env=environment, watch_period=watch_period,
+        reservation=reservation,
+        array=array, after=list(after) or None,
     )
+    if dry_run:
+        emit(_settings().client.dry_run_job(infrastructure, **request), _show_dry_run)
+        return EXIT_OK
+    record = _settings().client.submit_job(infrastructure, **request)
     if wait:
         if not _settings().as_json:
             click.echo(f"submitted job {record['id']}", err=True)
@@ -545,10 +638,27 @@ def job_submit(infrastructure, script, services, params, params_file, name, node
     return EXIT_OK
 
 
+def _show_dry_run(shown: Mapping[str, Any]) -> None:
+    """A dry run as a person reads it: what would happen, then the two files as they would be written."""
+    resources = " ".join(f"{key}={value}" for key, value in shown.get("resources", {}).items()) or "(defaults)"
+    template = f", template {shown['template']} v{shown['template_version']}" if shown.get("template") else ""
+    click.echo(f"# dry run on {shown['infrastructure']} ({shown['scheduler']}): nothing was submitted")
+    click.echo(f"# job {shown['job_id']} ({shown['kind']}{template}), name {shown['name']}")
+    click.echo(f"# job directory: {shown['job_dir']}")
+    click.echo(f"# resources: {resources}")
+    stdin = f" with {shown['script_path']} on its stdin" if shown.get("script_on_stdin") else ""
+    click.echo(f"# submit command{stdin}:")
+    click.echo(shown["submit_command"])
+    click.echo(f"# submit exactly this: job submit ... --reservation {shown['reservation']}")
+    for path, text in ((shown["script_path"], shown["script"]), (shown["payload_path"], shown["payload"])):
+        click.echo(f"==> {path} <==")
+        click.echo(text, nl=not text.endswith("\n"))
+
+
 @job.command("list")
 @click.option("-i", "--infra", "infrastructure", help="Only jobs on this infrastructure.")
-@click.option("--state", type=click.Choice(["submitting", "queued", "running", "completed", "failed", "cancelled",
-                                            "timeout", "unknown"]))
+@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "completed", "failed",
+                                            "cancelled", "timeout", "unknown"]))
 @click.option("--since", metavar="ISO-TIME", help="Only jobs created at or after, e.g. 2026-01-01T00:00:00Z.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
@@ -595,16 +705,44 @@ def job_cancel(job_ids: tuple[str, ...], wait: bool, timeout: float | None) -> i
     return EXIT_OK
 
 
+TASK_COLUMNS = [
+    ("INDEX", "index"), ("STATE", "state"), ("EXIT", "exit_code"), ("SCHEDULER ID", "scheduler_id"),
+    ("STARTED", lambda r: _short_time(r.get("started_at"))), ("ENDED", lambda r: _short_time(r.get("ended_at"))),
+    ("REASON", "reason"),
+]
+
+
+@job.command("tasks")
+@click.argument("job_id", metavar="ID")
+@click.option("--state", type=click.Choice(["queued", "running", "completed", "failed", "cancelled", "timeout",
+                                            "unknown"]), help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def job_tasks(job_id: str, state: str | None, limit: int, offset: int) -> int:
+    """List an array job's tasks: index, state, exit code, times."""
+
+    def human(page: Mapping[str, Any]) -> None:
+        show_table(page["items"], TASK_COLUMNS, "no task")
+        if page["total"] > offset + len(page["items"]):
+            click.echo(f"({len(page['items'])} of {page['total']}; --offset {offset + len(page['items'])} for more)")
+
+    emit(_settings().client.list_job_tasks(job_id, state=state, limit=limit, offset=offset), human)
+    return EXIT_OK
+
+
 @job.command("logs")
 @click.argument("job_id", metavar="ID")
 @click.option("--stream", type=click.Choice(["stdout", "stderr"]), default="stdout", show_default=True)
 @click.option("--stderr", "use_stderr", is_flag=True, help="Same as --stream stderr.")
+@click.option("--task", type=click.IntRange(0), help="An array job's task: its payload's output.")
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing as the output grows until the job ends; exit 1 unless it succeeded.")
 @click.option("--offset", type=click.IntRange(0), default=0, help="Start at this byte.")
 @click.option("--poll", type=float, default=0.5, show_default=True)
 @client_options
-def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: int, poll: float) -> int:
+def job_logs(job_id: str, stream: str, use_stderr: bool, task: int | None, follow: bool, offset: int,
+             poll: float) -> int:
     """Print a job's stdout (or stderr), all of it or following it."""
     client = _settings().client
     stream = "stderr" if use_stderr else stream
@@ -612,7 +750,7 @@ def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: i
     if not follow:
         chunks, position = [], offset
         while True:
-            chunk = client.job_output(job_id, stream, position, length=4 * 1024 * 1024)
+            chunk = client.job_output(job_id, stream, position, length=4 * 1024 * 1024, task=task)
             chunks.append(chunk)
             position = chunk.get("next_offset", position)
             if chunk.get("eof") or not chunk.get("data"):
@@ -623,7 +761,7 @@ def job_logs(job_id: str, stream: str, use_stderr: bool, follow: bool, offset: i
             for chunk in chunks:
                 click.echo(chunk.get("data", ""), nl=False)
         return EXIT_OK
-    for data in client.follow_job_output(job_id, stream, offset, poll=poll):
+    for data in client.follow_job_output(job_id, stream, offset, poll=poll, task=task):
         if as_json:
             click.echo(json.dumps({"stream": stream, "data": data}))
         else:
@@ -646,6 +784,123 @@ def job_wait(job_ids: tuple[str, ...], timeout: float | None, poll: float) -> in
     """Wait for jobs with a live state line; exit 0 only if every one succeeded."""
     client = _settings().client
     return _wait_jobs([client.get_job(job_id) for job_id in job_ids], timeout, poll)
+
+
+# -- job templates ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def template() -> None:
+    """Register, list, show and deprecate job templates."""
+
+
+TEMPLATE_COLUMNS = [
+    ("NAME", "name"), ("VERSION", "version"), ("BUILTIN", lambda r: "yes" if r.get("builtin") else ""),
+    ("DEPRECATED", lambda r: "yes" if r.get("deprecated") else ""), ("DESCRIPTION", "description"),
+    ("ADDED", lambda r: _short_time(r.get("created_at"))),
+]
+
+
+@template.command("add")
+@click.argument("name", required=False)
+@click.option("--body", "body_file", type=click.File("r"), metavar="FILE",
+              help="The batch script body with {{name}} placeholders ('-' reads stdin).")
+@click.option("--parameters", "schema_file", type=click.File("r"), metavar="FILE",
+              help="JSON Schema of the parameters (YAML or JSON).")
+@click.option("--description", help="A line for people.")
+@click.option("--resource", "resources", multiple=True, metavar="KEY=VALUE",
+              help="Default resource of its jobs, e.g. walltime=00:30:00 (repeatable).")
+@click.option("--from-file", "from_file", metavar="FILE",
+              help="Everything from YAML/JSON: name, description, body, parameters, resources.")
+@click.option("--new-version", is_flag=True, help="NAME exists: add a version (updating it).")
+@client_options
+def template_add(name, body_file, schema_file, description, resources, from_file, new_version) -> int:
+    """Register job template NAME (admin), or with --new-version add a version of it.
+
+    \b
+    Example:
+      hpc-gateway template add solver --body solver.sh --parameters solver.schema.yaml \\
+          --resource walltime=00:30:00 --description "the solver, one input file"
+    """
+    import yaml
+
+    document: dict[str, Any] = {}
+    if from_file:
+        loaded = _load_document(from_file)
+        if not isinstance(loaded, Mapping):
+            raise click.BadParameter("expected a mapping with body (and name, parameters, ...)", param_hint="--from-file")
+        document.update(loaded)
+    if name:
+        document["name"] = name
+    if body_file:
+        document["body"] = body_file.read()
+    if schema_file:
+        document["parameters"] = yaml.safe_load(schema_file.read())
+    if description is not None:
+        document["description"] = description
+    if resources:
+        document["resources"] = _parse_assignments(resources, "--resource")
+    missing = [label for label, key in (("NAME", "name"), ("--body", "body")) if not document.get(key)]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give them in --from-file)")
+    client = _settings().client
+    name = document.pop("name")
+    body = document.pop("body")
+    if new_version:
+        record = client.add_template_version(name, body, **document)
+    else:
+        record = client.create_template(name, body, **document)
+    emit(record, lambda r: click.echo(f"registered {r['name']} version {r['version']} "
+                                      f"(parameters: {', '.join(r['placeholders']) or 'none'})"))
+    return EXIT_OK
+
+
+@template.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@client_options
+def template_list(limit: int, offset: int) -> int:
+    """List job templates (their newest version), the built-in serrano one first."""
+    emit(_settings().client.list_templates(limit=limit, offset=offset),
+         lambda page: show_table(page["items"], TEMPLATE_COLUMNS, "no template"))
+    return EXIT_OK
+
+
+@template.command("show")
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(1), help="This version [default: the newest].")
+@click.option("--versions", "all_versions", is_flag=True, help="List its versions instead.")
+@client_options
+def template_show(name: str, version: int | None, all_versions: bool) -> int:
+    """Show a template: its fields, then its body."""
+    client = _settings().client
+    if all_versions:
+        emit(client.template_versions(name),
+             lambda page: show_table(page["items"], TEMPLATE_COLUMNS, "no version"))
+        return EXIT_OK
+
+    def human(record: Mapping[str, Any]) -> None:
+        show_mapping({key: value for key, value in record.items() if key != "body"})
+        click.echo("==> body <==")
+        click.echo(record["body"], nl=not record["body"].endswith("\n"))
+
+    emit(client.get_template(name, version), human)
+    return EXIT_OK
+
+
+@template.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@client_options
+def template_rm(names: tuple[str, ...]) -> int:
+    """Deprecate templates (admin): no new jobs from them; their versions stay readable."""
+    client = _settings().client
+    for name in names:
+        client.deprecate_template(name)
+        if not _settings().as_json:
+            click.echo(f"deprecated {name}")
+    if _settings().as_json:
+        emit_json({"deprecated": list(names)})
+    return EXIT_OK
 
 
 # -- transfers -------------------------------------------------------------------------------------------
@@ -846,6 +1101,66 @@ def transfer_wait(transfer_ids: tuple[str, ...], kind: str | None, timeout: floa
     """Wait for transfers with progress bars; exit 0 only if every one completed."""
     client = _settings().client
     return _wait_transfers([client.get_transfer(transfer_id, kind) for transfer_id in transfer_ids], timeout, poll)
+
+
+# -- events ----------------------------------------------------------------------------------------------
+
+
+def _event_line(event: Mapping[str, Any]) -> str:
+    """One line per event: time, id, type, resource, and what changed."""
+    data = event.get("data") or {}
+    resource = event.get("resource") or {}
+    if event.get("type", "").endswith(".state"):
+        what = f"{data.get('old_state') or '-'} -> {data.get('state')}"
+        if data.get("exit_code") is not None:
+            what += f" (exit {data['exit_code']})"
+        if data.get("reason"):
+            what += f": {data['reason']}"
+    elif event.get("type") == "transfer.progress":
+        what = _bytes_text(data) + (f" at {data['rate'] / 1e6:.1f} MB/s" if data.get("rate") else "")
+    elif event.get("type") == "job.output":
+        what = ("final output" if data.get("final") else "output growing") + f" ({data.get('state')})"
+    else:
+        what = json.dumps(data, sort_keys=True)
+    return (f"{_short_time(event.get('time'))}  {event.get('id'):>6}  {event.get('type', ''):<17} "
+            f"{resource.get('kind', '')} {resource.get('id', '')}  {what}")
+
+
+@cli.command("events")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--job", "jobs", multiple=True, metavar="ID", help="Only this job's events (repeatable).")
+@click.option("--transfer", "transfers", multiple=True, metavar="ID", help="Only this transfer's events (repeatable).")
+@click.option("--kind", type=click.Choice(["job", "transfer"]), help="Only events of jobs or of transfers.")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only these types: job.state, job.output, transfer.state, transfer.progress (repeatable).")
+@click.option("--after", "last_event_id", type=click.IntRange(0), metavar="ID",
+              help="Start after this event id (with --follow, default: the next new event).")
+@client_options
+def events(follow: bool, jobs: tuple[str, ...], transfers: tuple[str, ...], kind: str | None,
+           types: tuple[str, ...], last_event_id: int | None) -> int:
+    """Print events: state changes, transfer progress, job output availability.
+
+    \b
+    Without --follow: the stored events (after --after), then exit. With --follow: then every new event
+    as it happens; a dropped connection is resumed without a gap. --json prints one JSON document a line.
+    """
+    settings = _settings()
+    stream = settings.client.events(kind=kind, resource_id=list(jobs + transfers) or None, type=list(types) or None,
+                                    last_event_id=last_event_id, follow=follow)
+    for event in stream:
+        if settings.as_json:
+            click.echo(json.dumps(event, sort_keys=True))
+        else:
+            click.echo(_event_line(event))
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+# -- the database schema (hpc/cli_db.py) ----------------------------------------------------------------
+
+from hpc.cli_db import db as _db_commands  # noqa: E402  (its own module: kept apart from the client commands)
+
+cli.add_command(_db_commands)
 
 
 # -- entry point -----------------------------------------------------------------------------------------

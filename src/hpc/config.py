@@ -61,10 +61,26 @@ class Config:
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 60.0
     min_watch_period: float = 2.0
+    max_array_tasks: int = 10000  # tasks one array job may have (POST /job answers 400 above it)
     background: bool = True  # run pollers and transfer workers in this process
     instance_id: str = ""  # names this replica in work leases; default host:pid
+    # Work leases between replicas sharing one database (docs/operations.md, "Several replicas"): the
+    # holder renews them as it works; a replica that dies has its work taken over by another when they
+    # run out. Shorter means faster takeover; one submission (SSH commands) must fit in its lease.
+    poll_lease_seconds: float = 30.0  # polling an infrastructure's jobs
+    submit_lease_seconds: float = 60.0  # submitting a claimed job
     log_level: str = "INFO"
     fast_path: bool = True  # answer status GETs ahead of Connexion (hpc.api.fastpath)
+    # Largest request body accepted (bytes), checked before anything parses it (hpc.api.guard): larger
+    # ones are answered 413. A job script's own cap (1 MiB characters, in the contract) lies within it:
+    # a full-size script JSON-escaped as \uXXXX takes 6 MiB.
+    max_body_size: int = 8 * 1024**2
+    # Networks a cluster's SSH host may resolve to although not public. Clusters usually sit on private
+    # networks, so those are admitted by default; link-local and cloud metadata addresses are refused
+    # whatever this says (the same AddressPolicy as transfer sources, hpc.staging.addresses).
+    cluster_allow_networks: tuple[str, ...] = (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
+    )
     # Data staging (transfers). Networks admitted as transfer sources and S3 endpoints although they
     # are not public: loopback, private ranges (CIDRs, HPC_SOURCE_ALLOW_NETWORKS=127.0.0.1/32,10.0.0.0/8).
     # Link-local and cloud metadata addresses are refused whatever this says.
@@ -85,6 +101,43 @@ class Config:
     transfer_io_timeout: float = 60.0  # seconds an SFTP session to a cluster may stay silent
     transfer_verify_every: int = 32 * 1024**2  # range checked on the cluster as it arrives; checkpoint step
     batch_concurrency: int = 8  # files of a batch (directory, prefix, URL list) read at once
+    # Events and webhooks (hpc.services.webhooks, hpc.api.sse). Webhook URLs pass the same address
+    # policy as transfer sources (source_allow_networks).
+    webhook_workers: int = 8  # deliveries under way at once in this process
+    webhook_per_subscription: int = 2  # of which at most this many to one subscription
+    webhook_timeout: float = 10.0  # seconds to connect, and of silence while waiting for the answer
+    webhook_max_attempts: int = 8  # tries before a delivery is dead-lettered
+    webhook_retry_delay: float = 2.0  # first backoff (seconds), doubled per failed try
+    webhook_retry_max_delay: float = 600.0  # backoff cap (seconds)
+    event_retention_days: float = 7.0  # events and ended deliveries are pruned after this
+    event_poll_interval: float = 0.25  # seconds between the SSE reader's looks at the store
+    event_heartbeat: float = 15.0  # seconds of silence after which an SSE stream gets a comment
+    event_queue_size: int = 1024  # events buffered per SSE subscriber before it is dropped as stalled
+    event_send_timeout: float = 30.0  # seconds one SSE write may wait for a client that does not read
+    event_max_subscribers: int = 2000  # SSE streams open at once in this process
+    # Prometheus metrics (hpc.services.metrics). Port 0: /metrics on the API's port, for admin tokens only;
+    # another port: served there without a token (bind it where only the scraper reaches), and the API's
+    # /metrics answers 404.
+    metrics_listen_host: str = "127.0.0.1"
+    metrics_listen_port: int = 0
+    # Seconds a process trusts its cached verdict on an API-made token before it re-reads the store's
+    # revocation generation: a token revoked on any replica is refused everywhere within this (plus one
+    # store read).
+    token_cache_seconds: float = 0.5
+    # Seconds /health/ready waits for the store before it reports it unreachable.
+    ready_timeout: float = 2.0
+    # OpenID Connect (hpc.services.oidc): bearer JWTs from this issuer, checked against its JWKS (a file
+    # or an http(s) URL), for this audience. Off while oidc_issuer is empty.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                        "ES256", "ES384", "ES512", "EdDSA")
+    oidc_principal_claim: str = "sub"  # names the caller (jobs belong to "oidc:" + its value)
+    oidc_role_claim: str = "roles"  # a string or list of strings; a dotted path reaches nested claims
+    oidc_role_map: tuple[tuple[str, str], ...] = (("admin", "admin"), ("user", "user"))  # claim value -> role
+    oidc_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf, iat
+    oidc_jwks_refresh: float = 300.0  # seconds between re-reads of a JWKS URL
 
     @property
     def resolved_database_url(self) -> str:
@@ -155,6 +208,41 @@ def _parse_tokens(value: Any) -> tuple[TokenEntry, ...]:
     return tuple(tokens)
 
 
+def _parse_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _parse_algorithms(value: Any) -> tuple[str, ...]:
+    """JWT algorithms allowed: asymmetric ones only. ``none`` would accept unsigned tokens, and an HMAC
+    algorithm would let anyone holding the issuer's *public* key sign tokens."""
+    algorithms = _parse_list(value)
+    for name in algorithms:
+        if name.lower() == "none" or name.upper().startswith("HS"):
+            raise ConfigError(f"oidc_algorithms: {name} is not allowed (asymmetric ones only: RS*, PS*, ES*, EdDSA)")
+    if not algorithms:
+        raise ConfigError("oidc_algorithms: give at least one algorithm")
+    return algorithms
+
+
+def _parse_role_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        pairs = []
+        for item in _parse_list(value):
+            claim_value, sep, role = item.rpartition(":")
+            if not sep:
+                raise ConfigError("HPC_OIDC_ROLE_MAP entries must read claim_value:role")
+            pairs.append((claim_value, role))
+    elif isinstance(value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = [tuple(map(str, pair)) for pair in value or ()]
+    for claim_value, role in pairs:
+        if role not in ROLES:
+            raise ConfigError(f"oidc_role_map: {claim_value!r} maps to {role!r}; roles are {ROLES}")
+    return tuple(pairs)
+
+
 def _parse_networks(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value or ())
     networks = []
@@ -171,6 +259,13 @@ def _parse_engine(value: Any) -> str:
     return text
 
 
+def _positive(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ConfigError(f"must be more than 0 seconds, not {value!r}")
+    return number
+
+
 _CONVERTERS = {
     "listen_port": int,
     "staging_quota": parse_size,
@@ -182,11 +277,16 @@ _CONVERTERS = {
     "ssh_connect_timeout": float,
     "ssh_command_timeout": float,
     "min_watch_period": float,
+    "max_array_tasks": int,
     "source_allow_networks": _parse_networks,
+    "cluster_allow_networks": _parse_networks,
+    "max_body_size": parse_size,
     "transfer_workers": int,
     "transfer_retries": int,
     "transfer_retry_delay": float,
-    "transfer_lease_seconds": float,
+    "transfer_lease_seconds": _positive,
+    "poll_lease_seconds": _positive,
+    "submit_lease_seconds": _positive,
     "transfer_max_rate": parse_size,
     "sftp_streams": int,
     "sftp_parallel_threshold": parse_size,
@@ -197,6 +297,25 @@ _CONVERTERS = {
     "transfer_io_timeout": float,
     "transfer_verify_every": parse_size,
     "batch_concurrency": int,
+    "webhook_workers": int,
+    "webhook_per_subscription": int,
+    "webhook_timeout": float,
+    "webhook_max_attempts": int,
+    "webhook_retry_delay": float,
+    "webhook_retry_max_delay": float,
+    "event_retention_days": float,
+    "event_poll_interval": float,
+    "event_heartbeat": float,
+    "event_queue_size": int,
+    "event_send_timeout": float,
+    "event_max_subscribers": int,
+    "metrics_listen_port": int,
+    "token_cache_seconds": float,
+    "ready_timeout": float,
+    "oidc_algorithms": _parse_algorithms,
+    "oidc_role_map": _parse_role_map,
+    "oidc_leeway": float,
+    "oidc_jwks_refresh": float,
 }
 
 
@@ -233,4 +352,7 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
             values[name] = convert(value) if convert else (str(value) if value is not None else "")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"setting {name}: {exc}") from None
-    return Config(**values)
+    config = Config(**values)
+    if config.oidc_issuer and not (config.oidc_audience and config.oidc_jwks):
+        raise ConfigError("oidc_issuer is set: oidc_audience and oidc_jwks (a JWKS file or URL) are needed too")
+    return config

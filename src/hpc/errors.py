@@ -58,3 +58,8 @@ class ClusterTimeout(DomainError):
 
 class InsufficientStorage(DomainError):
     """The gateway's staging area cannot hold what was asked for."""
+
+
+class Unavailable(DomainError):
+    """The gateway cannot serve the request now through no fault of the caller (its store does not answer,
+    the identity provider's keys cannot be read); a retry later may succeed."""

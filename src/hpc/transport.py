@@ -130,6 +130,15 @@ class RemoteFileError(TransportError):
         self.path = path
 
 
+class NotADirectory(RemoteFileError):
+    """A component of a path to create exists and is not a directory (``path`` names it): nothing can be
+    created below it until someone removes it. sftp-server answers ``FAILURE`` when asked to make such a
+    directory, the same code as for a full disk; this type tells them apart."""
+
+    def __init__(self, reason: str, path: str):
+        super().__init__(reason, FAILURE, path)
+
+
 class FileWriter(Protocol):
     """A remote file being written with many requests in flight.
 

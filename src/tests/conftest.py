@@ -1,8 +1,8 @@
 """Shared fixtures: the live testbed's coordinates and real gateway processes started against it.
 
-Integration tests talk to the real testbed (``testbed/up.sh``: sshd, Slurm, the Torque wrappers, moto,
-nginx on 127.0.0.1). Without it they are skipped, unless ``HPC_REQUIRE_TESTBED=1`` (set by the README's
-test command), where a missing testbed is an error: CI must never pass by skipping.
+Integration tests talk to the real testbed (``testbed/up.sh``: sshd, Slurm, the Torque wrappers, Grid
+Engine, moto, nginx on 127.0.0.1). Without it they are skipped, unless ``HPC_REQUIRE_TESTBED=1`` (set by
+the README's test command), where a missing testbed is an error: CI must never pass by skipping.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TESTBED_ENV, GatewayProcess, infrastructure_body, new_gateway, read_env_file
+from tests.support import (
+    TESTBED_ENV,
+    TESTBED_INFRASTRUCTURES,
+    GatewayProcess,
+    infrastructure_body,
+    new_gateway,
+    read_env_file,
+)
 
 
 def _port_open(port: int) -> bool:
@@ -58,8 +65,8 @@ def gateway(gateway_factory) -> GatewayProcess:
 
 @pytest.fixture
 def registered(gateway, testbed) -> GatewayProcess:
-    """A gateway with the testbed registered twice: ``tb-slurm`` and ``tb-pbs``."""
-    for name, scheduler in (("tb-slurm", "slurm"), ("tb-pbs", "pbs")):
+    """A gateway with the testbed registered three times: ``tb-slurm``, ``tb-pbs`` and ``tb-sge``."""
+    for name, scheduler in TESTBED_INFRASTRUCTURES:
         response = gateway.post("/infrastructure", infrastructure_body(testbed, name, scheduler))
         assert response.status_code == 201, response.text
     return gateway

@@ -22,6 +22,7 @@ from hpc.transport import (
     CommandResult,
     FileHashes,
     FileInfo,
+    NotADirectory,
     RemoteFileError,
     TransportError,
 )
@@ -100,8 +101,7 @@ class MemoryCluster:
             current = path
             while current != "/":
                 if current in self.files:
-                    raise RemoteFileError(f"creating {path}: {current} exists and is not a directory", FAILURE,
-                                          current)
+                    raise NotADirectory(f"creating {path}: {current} exists and is not a directory", current)
                 current = posixpath.dirname(current)
             self.dirs.add(path)
             self._parents(path)

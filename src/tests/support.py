@@ -19,6 +19,8 @@ from hpc.security import hash_token
 
 REPO = Path(__file__).resolve().parents[2]
 TESTBED_ENV = Path(os.environ.get("HPC_TESTBED_DIR", "/var/lib/hpc-testbed")) / "testbed.env"
+# The testbed cluster as the gateway registers it, once per scheduler: (name, scheduler).
+TESTBED_INFRASTRUCTURES = (("tb-slurm", "slurm"), ("tb-pbs", "pbs"), ("tb-sge", "sge"))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -149,6 +151,10 @@ def new_gateway(testbed: dict[str, str], data_dir: Path, *, auth: bool = True,
 
 def infrastructure_body(testbed: dict[str, str], name: str, scheduler: str, **overrides) -> dict:
     """A registration body for the testbed cluster (key path relative to the gateway's key dir)."""
+    settings: dict = {"mpi_launcher": ""}
+    if scheduler == "sge":
+        # Grid Engine's programs are reached through its settings.sh: /usr/bin/qsub is the Torque wrapper.
+        settings["command_setup_lines"] = [f". {testbed['TESTBED_SGE_SETTINGS']}"]
     body = {
         "name": name,
         "host": testbed["TESTBED_SSH_HOST"],
@@ -157,7 +163,7 @@ def infrastructure_body(testbed: dict[str, str], name: str, scheduler: str, **ov
         "hostname": testbed["TESTBED_HOSTNAME"],
         "scheduler": scheduler,
         "ssh_key": {"type": "ssh-ed25519", "path": "id_ed25519"},
-        "settings": {"mpi_launcher": ""},
+        "settings": settings,
     }
     body.update(overrides)
     return body

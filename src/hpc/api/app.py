@@ -10,14 +10,20 @@ from typing import Any
 import connexion
 import yaml
 from connexion.exceptions import BadRequestProblem, ProblemException
+from connexion.datastructures import MediaTypeDict
 from connexion.options import SwaggerUIOptions
 
 from hpc import errors
-from hpc.api import context, problems, views
+from hpc.api import context, problems, validation, views
 from hpc.api.fastpath import StatusFastPath
+from hpc.api.guard import RequestGuard
+from hpc.api.sse import event_stream
+from hpc.api.metrics import RequestMetrics
 from hpc.config import Config, load_config
 from hpc.errors import NotFound
+from hpc.services import metrics
 from hpc.services.gateway import Gateway
+from hpc.services.tokens import record_failure
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
     config = config or load_config()
     gateway = gateway or Gateway(config)
     context.set_gateway(gateway)
+    metrics.bind(gateway)
     if not config.auth_enabled:
         log.warning("=" * 72)
         log.warning("AUTHENTICATION IS OFF: anyone who can reach %s:%s has full admin rights.",
@@ -51,22 +58,35 @@ def create_app(config: Config | None = None, gateway: Gateway | None = None) -> 
         log.warning("Switch it on (auth_enabled: true, HPC_AUTH_ENABLED=1) anywhere but a private test box.")
         log.warning("=" * 72)
     app = connexion.FlaskApp(__name__, swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
-    app.add_api(load_spec(config.auth_enabled), swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
+    spec = load_spec(config.auth_enabled)
+    app.add_api(spec, swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/ui"),
                 validate_responses=False, strict_validation=False, base_path="",
-                validator_map={"parameter": problems.NamedParameterValidator})
+                validator_map={"parameter": validation.ParameterChecks,
+                               "body": MediaTypeDict({"*/*json": validation.BodyValidator})})
     app.add_error_handler(errors.DomainError, problems.domain_error)
     app.add_error_handler(BadRequestProblem, problems.bad_request)
     app.add_error_handler(ProblemException, problems.connexion_problem)
     app.add_error_handler(Exception, problems.internal_error)
     app.gateway = gateway
+    app.spec = spec
     return app
 
 
+def served_app(app: connexion.FlaskApp):
+    """The ASGI app to serve: request metrics, the request guard, the status fast path, then Connexion."""
+    config = app.gateway.config
+    guard = RequestGuard(with_fast_path(app), app.spec, max_body_size=config.max_body_size,
+                         auth_enabled=config.auth_enabled, authenticate=app.gateway.authenticate,
+                         on_refused=record_failure)
+    return RequestMetrics(guard, app.spec)
+
+
 def with_fast_path(app: connexion.FlaskApp):
-    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``)."""
+    """The ASGI app to serve: Connexion behind the status-poll fast path (see ``hpc.api.fastpath``) and
+    the event stream (``GET /events``, see ``hpc.api.sse``)."""
     gateway = app.gateway
     if not gateway.config.fast_path:
-        return app
+        return event_stream(app, gateway)
 
     def job(job_id, principal):
         try:
@@ -76,5 +96,5 @@ def with_fast_path(app: connexion.FlaskApp):
 
     renderers = {"job": job}
     renderers.update(getattr(gateway.transfers, "fast_renderers", lambda: {})())
-    return StatusFastPath(app, auth_enabled=gateway.config.auth_enabled, tokens=gateway.config.tokens,
-                          renderers=renderers)
+    return event_stream(StatusFastPath(app, auth_enabled=gateway.config.auth_enabled,
+                                       authenticate=gateway.authenticate, renderers=renderers), gateway)

@@ -8,16 +8,19 @@ fraction of that, from the same view functions, so the document is the same eith
 It serves only the plain success case: a well-formed id, a valid bearer token (or auth off), a record the
 caller may see. Everything else, every error included, falls through to Connexion, which answers as the
 spec says. No behaviour lives only here.
+
+Tokens are checked by the gateway's one check (``hpc.services.tokens.Authenticator``), which remembers
+verified tokens but follows revocations made on any replica within ``token_cache_seconds``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from typing import Any, Callable
 
-from hpc.security import ANONYMOUS_ADMIN, Principal, verify_token
+from hpc.errors import Unavailable
+from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed, Principal, configured_tokens
 
 _ROUTE = re.compile(
     r"^/(job|data|s3_data|s3_result)/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
@@ -27,12 +30,12 @@ _ROUTE = re.compile(
 class StatusFastPath:
     """ASGI middleware; ``renderers`` maps a route's first segment to ``(id, principal) -> document|None``."""
 
-    def __init__(self, app, *, auth_enabled: bool, tokens, renderers: dict[str, Callable[[str, Principal], Any]]):
+    def __init__(self, app, *, auth_enabled: bool, renderers: dict[str, Callable[[str, Principal], Any]],
+                 authenticate: Authenticate | None = None, tokens=()):
         self.app = app
         self.auth_enabled = auth_enabled
         self.renderers = renderers
-        # Tokens are fixed for the life of the process: verify each distinct one once.
-        self._principal = lru_cache(maxsize=1024)(lambda token: verify_token(token, tokens))
+        self._authenticate = authenticate or configured_tokens(tokens)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("query_string"):
@@ -54,9 +57,10 @@ class StatusFastPath:
             scheme, _, token = authorization.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token:
                 return None
-            principal = self._principal(token.strip())
-            if principal is None:
-                return None
+            try:
+                principal = self._authenticate(token.strip())
+            except (AuthenticationFailed, Unavailable):
+                return None  # Connexion answers, with the reason
         renderer = self.renderers.get(kind)
         document = renderer(record_id.lower(), principal) if renderer else None
         return json.dumps(document).encode() if document is not None else None

@@ -6,7 +6,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, Field, RootModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 
 class Problem(BaseModel):
@@ -36,10 +36,133 @@ class Health(BaseModel):
     database: str | None = Field(None, description='The database dialect in use.')
 
 
+class Liveness(BaseModel):
+    status: Status
+
+
+class Status2(Enum):
+    ready = 'ready'
+
+
+class Readiness(BaseModel):
+    status: Status2
+    checks: dict[str, str] = Field(
+        ...,
+        description='Each part checked (`store`, `job_scheduler`, `transfer`) and `ok`.',
+    )
+
+
+class NotReady(BaseModel):
+    type: str | None = 'about:blank'
+    title: str
+    status: int
+    detail: str | None = None
+    checks: dict[str, str] = Field(
+        ..., description='Each part checked and `ok` or what is wrong with it.'
+    )
+
+
+class Role(Enum):
+    admin = 'admin'
+    user = 'user'
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    name: str = Field(
+        ...,
+        description='The principal the token stands for; its jobs and transfers belong to this name.',
+        max_length=128,
+        min_length=1,
+        pattern='^[A-Za-z0-9][A-Za-z0-9._@-]*$',
+    )
+    role: Role
+    expires_at: AwareDatetime | None = Field(
+        None,
+        description='When the token stops working (with a time zone); never, when absent.',
+    )
+
+
+class State(Enum):
+    active = 'active'
+    expired = 'expired'
+    revoked = 'revoked'
+
+
+class Token(BaseModel):
+    id: UUID
+    name: str
+    role: Role
+    state: State
+    created_at: AwareDatetime
+    created_by: str = Field(..., description='The principal that made it.')
+    expires_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | None = None
+    revoked_by: str | None = None
+
+
+class TokenCreated(Token):
+    token: str = Field(
+        ...,
+        description='The bearer token itself. Shown in this answer only; the gateway keeps a salted hash.',
+    )
+
+
+class TokenList(BaseModel):
+    items: list[Token]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditAction(Enum):
+    infrastructure_register = 'infrastructure.register'
+    infrastructure_update = 'infrastructure.update'
+    infrastructure_delete = 'infrastructure.delete'
+    template_register = 'template.register'
+    template_version = 'template.version'
+    template_deprecate = 'template.deprecate'
+    token_create = 'token.create'
+    token_revoke = 'token.revoke'
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: AwareDatetime
+    action: AuditAction
+    principal: str = Field(
+        ..., description="Who did it (a token's name, or `oidc:<subject>`)."
+    )
+    credential: str | None = Field(
+        None,
+        description='With what (`token:<id>`, `config`, `oidc`, `none` with authentication off).',
+    )
+    target: str | None = Field(
+        None,
+        description="What it was done to (an infrastructure's name, a token's id).",
+    )
+    details: dict[str, Any] | None = Field(
+        None, description='What was asked (never a secret).'
+    )
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntry]
+    total: int
+    limit: int
+    offset: int
+
+
 class Stats(BaseModel):
     instance: str = Field(..., description="This replica's name in work leases.")
     ssh: dict[str, dict[str, Any]]
     jobs: dict[str, dict[str, int]]
+    events: dict[str, Any] | None = Field(
+        None,
+        description="(extension) This replica's SSE streams and webhook deliveries.",
+    )
 
 
 class ServiceName(Enum):
@@ -58,8 +181,13 @@ class Service(BaseModel):
 
 
 class HPCSchedulerType(Enum):
+    """
+    `slurm`, `pbs` (Torque/PBS Pro commands) or (extension) `sge` (Grid Engine).
+    """
+
     pbs = 'pbs'
     slurm = 'slurm'
+    sge = 'sge'
 
 
 class SSHKeyType(Enum):
@@ -92,6 +220,32 @@ class AllowedRoot(RootModel[str]):
 
 class SetupLine(RootModel[str]):
     root: str = Field(..., max_length=1024)
+
+
+class CommandSetupLine(RootModel[str]):
+    root: str = Field(..., max_length=1024)
+
+
+class PbsFlavour(Enum):
+    """
+    PBS only: how arrays are asked for: `torque` (`qsub -t`, `PBS_ARRAYID`; also Slurm's Torque
+    wrappers) or `pbspro` (`qsub -J`, `PBS_ARRAY_INDEX`).
+
+    """
+
+    torque = 'torque'
+    pbspro = 'pbspro'
+
+
+class ResetSetting(Enum):
+    job_root = 'job_root'
+    allowed_roots = 'allowed_roots'
+    setup_lines = 'setup_lines'
+    command_setup_lines = 'command_setup_lines'
+    mpi_launcher = 'mpi_launcher'
+    serrano_resources = 'serrano_resources'
+    min_watch_period = 'min_watch_period'
+    pbs_flavour = 'pbs_flavour'
 
 
 class Partition(BaseModel):
@@ -202,45 +356,192 @@ class CommandItem(RootModel[str]):
     root: str = Field(..., max_length=65536)
 
 
-class JobRequest(BaseModel):
-    services: list[ServiceName] | None = Field(
-        None,
-        description="SERRANO services (the seed's form). Exactly one of `services`, `script`, `command`.",
-        max_length=8,
+class Kind(Enum):
+    serrano = 'serrano'
+    script = 'script'
+    command = 'command'
+    template = 'template'
+
+
+class JobDryRun(BaseModel):
+    """
+    (extension) What `POST /job` with the same body would send to the cluster.
+    """
+
+    job_id: UUID = Field(..., description='The id the rendering used (reserved).')
+    reservation: str = Field(
+        ..., description='Give it as `reservation` to `POST /job` to use that id.'
     )
-    infrastructure: str = Field(..., max_length=128, min_length=1)
-    params: JobRequestParams | None = None
-    watch_period: float | None = Field(
-        10.0,
-        description="Seconds between status checks (bounded below by the infrastructure's minimum).",
-        ge=0.0,
-        le=86400.0,
+    reservation_expires_at: AwareDatetime | None = None
+    infrastructure: str
+    scheduler: HPCSchedulerType
+    kind: Kind
+    name: str = Field(
+        ...,
+        description="The job's name (the scheduler's directive carries it sanitised).",
     )
-    name: str | None = Field(
-        None,
-        description="(extension) Job name; sanitised for the scheduler's directive.",
-        max_length=256,
+    template: str | None = None
+    template_version: int | None = None
+    home: str | None = Field(
+        None, description="The login user's home directory on the cluster."
     )
-    script: str | None = Field(
-        None,
-        description="(extension) A bash script run as the job's payload.",
+    job_dir: str = Field(..., description='The job directory the files go to.')
+    workdir: str = Field(
+        ...,
+        description='Where the payload runs (absolute; the job directory unless `workdir` was given).',
+    )
+    script: str = Field(
+        ..., description='The batch script, as written to `script_path`.'
+    )
+    script_path: str
+    payload: str = Field(
+        ..., description='The payload script, as written to `payload_path`.'
+    )
+    payload_path: str
+    submit_command: str = Field(
+        ...,
+        description='The command line run over SSH to submit (`script` on its stdin when `script_on_stdin`).',
+    )
+    script_on_stdin: bool
+    resources: JobResources
+    cluster_contacted: bool = Field(
+        ...,
+        description='Whether rendering asked the cluster (for the home directory, cached afterwards).',
+    )
+
+
+class TemplateVersionRequest(BaseModel):
+    """
+    (extension) A template's content; a new version of it when posted to its versions.
+    """
+
+    description: str | None = Field(None, max_length=4096)
+    body: str = Field(
+        ...,
+        description="The batch script's body (bash) with `{{name}}` placeholders. Each value becomes one\nsingle-quoted shell word (an array: one word per item); in a comment, plain text on one line.\n",
         max_length=1048576,
         min_length=1,
     )
-    command: list[CommandItem] | None = Field(
+    parameters: dict[str, Any] | None = Field(
         None,
-        description='(extension) A command as argv, each element passed as one word.',
-        max_length=4096,
-        min_length=1,
+        description='A JSON Schema (draft 2020-12) of the parameters object, of `type: object`; every\nplaceholder must be one of its `properties`, with a `type` among string, integer, number,\nboolean and array (of those). `default`s fill what a job omits. At most 64 KiB as JSON and\n16 levels deep; `$ref` only as a pointer into the schema (`#/$defs/...`), no `$id`.\n',
     )
     resources: JobResources | None = None
-    workdir: str | None = Field(
-        None,
-        description='(extension) Working directory on the cluster (relative to home unless absolute).',
-        max_length=4096,
+
+
+class TemplateRequest(TemplateVersionRequest):
+    """
+    (extension) A new job template.
+    """
+
+    name: str = Field(
+        ..., max_length=128, min_length=1, pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$'
     )
-    env: dict[str, str] | None = Field(
-        None, description='(extension) Environment variables exported for the payload.'
+
+
+class Template(BaseModel):
+    """
+    (extension) One version of a job template.
+    """
+
+    name: str
+    version: int
+    description: str | None = None
+    body: str
+    parameters: dict[str, Any] = Field(
+        ..., description='The JSON Schema of the parameters.'
+    )
+    placeholders: list[str] = Field(
+        ..., description='The parameters the body uses, in order of first use.'
+    )
+    resources: JobResources | None = None
+    latest_version: int | None = Field(
+        None, description="The template's newest version."
+    )
+    builtin: bool = Field(
+        ..., description='The built-in `serrano` template (read-only).'
+    )
+    deprecated: bool
+    deprecated_at: AwareDatetime | None = None
+    owner: str | None = None
+    created_at: AwareDatetime | None = None
+
+
+class TemplateSummary(BaseModel):
+    name: str
+    version: int = Field(..., description='The newest version.')
+    description: str | None = None
+    builtin: bool
+    deprecated: bool
+    created_at: AwareDatetime | None = Field(
+        None, description='When the newest version was added.'
+    )
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TemplateVersionList(BaseModel):
+    items: list[Template]
+    total: int
+    limit: int
+    offset: int
+
+
+class DependencyCondition(Enum):
+    """
+    `ok`: the predecessor completed (exit code 0; an array: every task completed). `notok`: it ended
+    any other way (failed, cancelled, timeout, unknown; an array: at least one task did not
+    complete). `any`: it ended.
+
+    """
+
+    ok = 'ok'
+    notok = 'notok'
+    any = 'any'
+
+
+class Mode(Enum):
+    """
+    Who enforces it: the scheduler (`native`) or the gateway, by holding the job.
+    """
+
+    native = 'native'
+    gateway = 'gateway'
+
+
+class State1(Enum):
+    pending = 'pending'
+    satisfied = 'satisfied'
+    unsatisfiable = 'unsatisfiable'
+
+
+class JobDependency(BaseModel):
+    job: UUID
+    condition: DependencyCondition
+    mode: Mode = Field(
+        ...,
+        description='Who enforces it: the scheduler (`native`) or the gateway, by holding the job.',
+    )
+    state: State1
+    native: str | None = Field(
+        None,
+        description='What the scheduler was given for it (e.g. `afterok:1234`, `-hold_jid 1234`).',
+    )
+
+
+class JobArray(BaseModel):
+    spec: str = Field(
+        ..., description='The array as submitted (normalized), for example `0-99%10`.'
+    )
+    size: int = Field(..., description='Number of tasks.')
+    counts: dict[str, int] = Field(
+        ...,
+        description='Tasks per state (`queued`, `running`, `completed`, `failed`, ...); absent states are 0.',
     )
 
 
@@ -251,6 +552,17 @@ class JobStatusCode(Enum):
 
 
 class JobState(Enum):
+    """
+    `held`: the gateway holds the job before submitting it (its `after` dependencies; `reason` says
+    what it waits for). An array job's state follows from its tasks' (see `array`): while some
+    task has not ended, `running` once any task started, else `queued`; once all ended,
+    `completed` if every task completed, else `cancelled` if it was cancelled through the gateway,
+    else `failed` if any task failed, else `timeout` if any timed out, else `cancelled` if any was
+    cancelled, else `unknown`.
+
+    """
+
+    held = 'held'
     submitting = 'submitting'
     queued = 'queued'
     running = 'running'
@@ -259,48 +571,6 @@ class JobState(Enum):
     cancelled = 'cancelled'
     timeout = 'timeout'
     unknown = 'unknown'
-
-
-class Kind(Enum):
-    serrano = 'serrano'
-    script = 'script'
-    command = 'command'
-
-
-class JobStatus(BaseModel):
-    id: UUID
-    scheduler_id: str = Field(
-        ...,
-        description="The scheduler's job id; empty until the scheduler accepted the job.",
-    )
-    infrastructure: str
-    status: JobStatusCode
-    state: JobState | None = None
-    native_state: str | None = Field(
-        None, description="The scheduler's own state word as last seen."
-    )
-    reason: str | None = Field(
-        None,
-        description='Why the job is in its state (scheduler reason, submit error, cancel).',
-    )
-    exit_code: int | None = None
-    name: str | None = None
-    kind: Kind | None = None
-    services: list[ServiceName] | None = None
-    watch_period: float | None = None
-    cancel_requested: bool | None = None
-    created_at: AwareDatetime | None = None
-    submitted_at: AwareDatetime | None = None
-    started_at: AwareDatetime | None = None
-    ended_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-
-
-class JobList(BaseModel):
-    items: list[JobStatus]
-    total: int
-    limit: int
-    offset: int
 
 
 class Stream(Enum):
@@ -335,29 +605,6 @@ class TransferState(Enum):
     cancelled = 'cancelled'
 
 
-class TransferProgress(BaseModel):
-    """
-    (extension) Progress and outcome fields shared by every transfer status.
-    """
-
-    state: TransferState | None = None
-    bytes_done: int | None = None
-    bytes_total: int | None = None
-    percent: float | None = None
-    rate: float | None = Field(
-        None, description='Bytes per second over the last seconds.'
-    )
-    eta: float | None = Field(None, description='Seconds left at the current rate.')
-    sha256: str | None = Field(
-        None, description='SHA-256 of the delivered bytes, checked at the destination.'
-    )
-    attempts: int | None = None
-    created_at: AwareDatetime | None = None
-    started_at: AwareDatetime | None = None
-    ended_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-
-
 class FileTransferRequest(BaseModel):
     src: str = Field(
         ..., description='http:// or https:// URL', max_length=8192, min_length=1
@@ -369,15 +616,12 @@ class FileTransferRequest(BaseModel):
         min_length=1,
     )
     infrastructure: str = Field(..., max_length=128, min_length=1)
-
-
-class FileTransferStatus(TransferProgress):
-    id: UUID
-    src: str
-    dst: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class S3FileTransferRequest(BaseModel):
@@ -389,18 +633,12 @@ class S3FileTransferRequest(BaseModel):
     secret_key: str = Field(..., max_length=1024, min_length=1)
     dst: str = Field(..., max_length=4096, min_length=1)
     infrastructure: str = Field(..., max_length=128, min_length=1)
-
-
-class S3FileTransferStatus(TransferProgress):
-    id: UUID
-    endpoint: str
-    bucket: str
-    object: str
-    region: str
-    dst: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
 class S3ResultTransferRequest(BaseModel):
@@ -412,49 +650,151 @@ class S3ResultTransferRequest(BaseModel):
     secret_key: str = Field(..., max_length=1024, min_length=1)
     src: str = Field(..., max_length=4096, min_length=1)
     infrastructure: str = Field(..., max_length=128, min_length=1)
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this transfer; see JobRequest.callback_url.',
+        max_length=2048,
+        min_length=1,
+    )
 
 
-class S3ResultTransferStatus(TransferProgress):
-    id: UUID
-    endpoint: str
-    bucket: str
-    object: str
-    region: str
-    src: str
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
-
-
-class Kind1(Enum):
+class Kind2(Enum):
     http = 'http'
     s3_data = 's3_data'
     s3_result = 's3_result'
 
 
-class TransferStatus(TransferProgress):
+class EventType(Enum):
     """
-    Any transfer's status, with `kind` telling which.
+    `job.state` (a job's state changed, or it was created: data has state, old_state, status,
+    reason, exit_code, native_state, scheduler_id), `job.output` (output can be read: when the job
+    starts running, and finally when it ended; data has state, streams, final), `job.tasks` (an
+    array's tasks changed state: data has state and counts per task state), `job.held` (the gateway
+    holds the job for its dependencies: state, reason), `job.released` (it let it go to the
+    scheduler: state, reason), `transfer.state`
+    (data has state, old_state, reason, bytes_done, bytes_total, sha256), `transfer.progress` (at most
+    one per transfer per second while bytes move: state, bytes_done, bytes_total, rate).
+
     """
 
+    job_held = 'job.held'
+    job_output = 'job.output'
+    job_released = 'job.released'
+    job_state = 'job.state'
+    job_tasks = 'job.tasks'
+    transfer_progress = 'transfer.progress'
+    transfer_state = 'transfer.state'
+
+
+class Kind3(Enum):
+    job = 'job'
+    transfer = 'transfer'
+
+
+class Resource(BaseModel):
+    kind: Kind3
     id: UUID
-    kind: Kind1
-    infrastructure: str
-    status: FileTransferStatusCode
-    reason: str | None = ''
-    src: str | None = None
-    dst: str | None = None
-    endpoint: str | None = None
-    bucket: str | None = None
-    object: str | None = None
-    region: str | None = None
 
 
-class TransferList(BaseModel):
-    items: list[TransferStatus]
+class Event(BaseModel):
+    id: int = Field(
+        ..., description='Increasing; the SSE id and the key to deduplicate on.'
+    )
+    type: EventType
+    time: AwareDatetime = Field(..., description='When the change was recorded.')
+    resource: Resource
+    data: dict[str, Any] = Field(..., description="The type's payload (see EventType).")
+    subscription: UUID | None = Field(
+        None, description="In webhook deliveries: the subscription's id."
+    )
+
+
+class SubscriptionRequest(BaseModel):
+    url: str = Field(
+        ...,
+        description='http:// or https:// URL the events are POSTed to.',
+        max_length=2048,
+        min_length=1,
+    )
+    types: list[EventType] | None = Field(
+        None, description='Event types delivered (default all).', max_length=100
+    )
+    resource_ids: list[UUID] | None = Field(
+        None,
+        description='Only events of these jobs or transfers (default all the caller may see).',
+        max_length=100,
+    )
+
+
+class DeliveryCounts(BaseModel):
+    pending: int | None = None
+    delivered: int | None = None
+    dead: int | None = None
+
+
+class DeadLetter(BaseModel):
+    event_id: int | None = None
+    attempts: int | None = None
+    last_status: int | None = Field(
+        None, description='The HTTP status of the last try (null if no answer).'
+    )
+    last_error: str | None = None
+    ended_at: AwareDatetime | None = None
+
+
+class Source(Enum):
+    """
+    `callback`: made by a request's callback_url.
+    """
+
+    api = 'api'
+    callback = 'callback'
+
+
+class Subscription(BaseModel):
+    id: UUID
+    url: str
+    types: list[EventType] | None = None
+    resource_ids: list[str] | None = None
+    source: Source | None = Field(
+        None, description="`callback`: made by a request's callback_url."
+    )
+    owner: str | None = None
+    created_at: AwareDatetime | None = None
+    deliveries: DeliveryCounts | None = None
+    last_error: str | None = Field(
+        None, description='The reason the last failed try failed.'
+    )
+    last_error_at: AwareDatetime | None = None
+    last_delivered_at: AwareDatetime | None = None
+    dead_letters: list[DeadLetter] | None = Field(
+        None,
+        description='The latest dead-lettered deliveries (GET /subscription/{id} only).',
+    )
+
+
+class SubscriptionCreated(Subscription):
+    secret: str = Field(
+        ..., description='The signing secret. Shown in this answer only.'
+    )
+
+
+class SubscriptionList(BaseModel):
+    items: list[Subscription]
     total: int
     limit: int
     offset: int
+
+
+class CallbackSubscription(BaseModel):
+    """
+    (extension) In the 201 answer of a request with `callback_url` only.
+    """
+
+    subscription_id: UUID
+    secret: str = Field(
+        ..., description="The signing secret of the callback's deliveries. Shown once."
+    )
 
 
 class IncludeItem(RootModel[str]):
@@ -548,13 +888,19 @@ class DataBatchRequest(BaseModel):
     infrastructure: str = Field(..., max_length=128, min_length=1)
 
 
+class Kind4(Enum):
+    http = 'http'
+    s3_data = 's3_data'
+    s3_result = 's3_result'
+
+
 class BatchStatus(BaseModel):
     """
     (extension) A batch and its totals; each file's outcome is in /batch/{batch_id}/files.
     """
 
     id: UUID
-    kind: Kind1
+    kind: Kind4
     infrastructure: str
     state: TransferState
     reason: str
@@ -594,7 +940,7 @@ class BatchStatus(BaseModel):
     updated_at: AwareDatetime
 
 
-class State(Enum):
+class State2(Enum):
     queued = 'queued'
     completed = 'completed'
     failed = 'failed'
@@ -608,7 +954,7 @@ class BatchFile(BaseModel):
         description='Where it is read from: an object key, a cluster path, a URL (credentials redacted).',
     )
     size: int | None = None
-    state: State
+    state: State2
     reason: str
     sha256: str | None = Field(
         None, description='SHA-256 of the file, checked at the destination.'
@@ -649,6 +995,11 @@ class InfrastructureSettings(BaseModel):
         description="Lines run before every job's payload (for example `module load openmpi`). Trusted operator configuration.",
         max_length=64,
     )
+    command_setup_lines: list[CommandSetupLine] | None = Field(
+        None,
+        description="Lines run before every command the gateway runs on the login node (scheduler commands, reads of\njob files), for example `. /opt/sge/default/common/settings.sh` or `module load slurm` when the\nscheduler's programs are not on the PATH of a non-login shell. Their output is discarded; when\nthe last one fails the command is not run. Trusted operator configuration.\n",
+        max_length=16,
+    )
     mpi_launcher: str | None = Field(
         'mpirun -n {num_mpi_procs}',
         description='Launcher prefix of the SERRANO executable; `{num_mpi_procs}` is replaced. Empty runs it directly.',
@@ -660,6 +1011,10 @@ class InfrastructureSettings(BaseModel):
         description="Lower bound of a job's `watch_period` on this infrastructure (seconds).",
         ge=0.5,
         le=3600.0,
+    )
+    pbs_flavour: PbsFlavour | None = Field(
+        'torque',
+        description="PBS only: how arrays are asked for: `torque` (`qsub -t`, `PBS_ARRAYID`; also Slurm's Torque\nwrappers) or `pbspro` (`qsub -J`, `PBS_ARRAY_INDEX`).\n",
     )
 
 
@@ -700,3 +1055,276 @@ class InfrastructureSummary(BaseModel):
     )
     settings: InfrastructureSettings | None = None
     created_at: AwareDatetime | None = None
+
+
+class InfrastructurePatch(BaseModel):
+    """
+    (extension) The fields to change; absent ones stay as they are.
+    """
+
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    host: str | None = Field(None, max_length=255, min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    username: str | None = Field(
+        None, max_length=64, min_length=1, pattern='^[A-Za-z0-9_][A-Za-z0-9_.-]*$'
+    )
+    hostname: str | None = Field(None, max_length=255, min_length=1)
+    ssh_key: SSHKey | None = None
+    host_key: str | None = Field(
+        None,
+        description='A host key to pin (`ssh-ed25519 AAAA...`); empty unpins it.',
+        max_length=16384,
+    )
+    settings: InfrastructureSettings | None = None
+    reset_settings: list[ResetSetting] | None = Field(
+        None,
+        description="Settings to drop, back to their defaults (applied before `settings`). The names of\n`InfrastructureSettings`' properties (a test keeps the two lists equal).\n",
+        max_length=32,
+    )
+
+
+class JobDependencyRequest(BaseModel):
+    job: UUID = Field(
+        ..., description="A job of the same caller (an admin may name anyone's)."
+    )
+    condition: DependencyCondition | None = 'ok'
+
+
+class JobTask(BaseModel):
+    index: int
+    state: JobState
+    native_state: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    scheduler_id: str | None = Field(
+        None, description="The task's own scheduler id, where known."
+    )
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+
+
+class JobTaskList(BaseModel):
+    items: list[JobTask]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobStatus(BaseModel):
+    id: UUID
+    scheduler_id: str = Field(
+        ...,
+        description="The scheduler's job id; empty until the scheduler accepted the job.",
+    )
+    infrastructure: str
+    status: JobStatusCode
+    state: JobState | None = None
+    native_state: str | None = Field(
+        None, description="The scheduler's own state word as last seen."
+    )
+    reason: str | None = Field(
+        None,
+        description='Why the job is in its state (scheduler reason, submit error, cancel).',
+    )
+    exit_code: int | None = None
+    name: str | None = None
+    kind: Kind | None = None
+    template: str | None = Field(
+        None, description='(extension) The template the job was made from.'
+    )
+    template_version: int | None = Field(
+        None, description='(extension) The version of that template it ran with.'
+    )
+    services: list[ServiceName] = Field(
+        ...,
+        description='The SERRANO services of the job; empty for script and command jobs.',
+    )
+    watch_period: float | None = None
+    cancel_requested: bool | None = None
+    created_at: AwareDatetime | None = None
+    submitted_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    callback: CallbackSubscription | None = None
+    array: JobArray | None = Field(
+        None,
+        description="(extension) An array job's tasks; `exit_code` is then 0 when every task completed, else the code of the lowest-index task that did not.",
+    )
+    after: list[JobDependency] | None = Field(
+        None,
+        description='(extension) What the job waits for, in request order (empty for none).',
+    )
+
+
+class JobList(BaseModel):
+    items: list[JobStatus]
+    total: int
+    limit: int
+    offset: int
+
+
+class TransferProgress(BaseModel):
+    """
+    (extension) Progress and outcome fields shared by every transfer status.
+    """
+
+    state: TransferState | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    percent: float | None = None
+    rate: float | None = Field(
+        None, description='Bytes per second over the last seconds.'
+    )
+    eta: float | None = Field(None, description='Seconds left at the current rate.')
+    sha256: str | None = Field(
+        None, description='SHA-256 of the delivered bytes, checked at the destination.'
+    )
+    attempts: int | None = None
+    created_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    callback: CallbackSubscription | None = None
+
+
+class FileTransferStatus(TransferProgress):
+    id: UUID
+    src: str
+    dst: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class S3FileTransferStatus(TransferProgress):
+    id: UUID
+    endpoint: str
+    bucket: str
+    object: str
+    region: str
+    dst: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class S3ResultTransferStatus(TransferProgress):
+    id: UUID
+    endpoint: str
+    bucket: str
+    object: str
+    region: str
+    src: str
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+
+
+class TransferStatus(TransferProgress):
+    """
+    Any transfer's status, with `kind` telling which.
+    """
+
+    id: UUID
+    kind: Kind2
+    infrastructure: str
+    status: FileTransferStatusCode
+    reason: str | None = ''
+    src: str | None = None
+    dst: str | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    object: str | None = None
+    region: str | None = None
+
+
+class TransferList(BaseModel):
+    items: list[TransferStatus]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobRequest(BaseModel):
+    services: list[ServiceName] | None = Field(
+        None,
+        description="SERRANO services (the seed's form). Exactly one of `services`, `script`, `command`.",
+        max_length=8,
+    )
+    infrastructure: str = Field(..., max_length=128, min_length=1)
+    params: JobRequestParams | None = None
+    watch_period: float | None = Field(
+        10.0,
+        description="Seconds between status checks (bounded below by the infrastructure's minimum).",
+        ge=0.0,
+        le=86400.0,
+    )
+    name: str | None = Field(
+        None,
+        description="(extension) Job name; sanitised for the scheduler's directive.",
+        max_length=256,
+    )
+    script: str | None = Field(
+        None,
+        description="(extension) A bash script run as the job's payload.",
+        max_length=1048576,
+        min_length=1,
+    )
+    command: list[CommandItem] | None = Field(
+        None,
+        description='(extension) A command as argv, each element passed as one word.',
+        max_length=4096,
+        min_length=1,
+    )
+    resources: JobResources | None = None
+    workdir: str | None = Field(
+        None,
+        description='(extension) Working directory on the cluster (relative to home unless absolute).',
+        max_length=4096,
+    )
+    env: dict[str, str] | None = Field(
+        None, description='(extension) Environment variables exported for the payload.'
+    )
+    callback_url: str | None = Field(
+        None,
+        description='(extension) A webhook URL that gets every event of this resource (an implicit subscription:\nits id and signing secret come back once, in `callback` of the 201 answer).\n',
+        max_length=2048,
+        min_length=1,
+    )
+    template: str | None = Field(
+        None,
+        description="(extension) A registered job template to run, with `parameters`. Exactly one of `services`,\n`script`, `command`, `template`. The template's default resources apply unless `resources`\ngives them.\n",
+        max_length=128,
+        min_length=1,
+        pattern='^[A-Za-z0-9][A-Za-z0-9._-]*$',
+    )
+    template_version: int | None = Field(
+        None,
+        description='(extension) The template version to run; default its newest.',
+        ge=1,
+        le=2147483647,
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="(extension) The template's parameters, checked against its JSON Schema (a 400 names\n`parameters.<name>`); defaults from the schema fill what is not given.\n",
+    )
+    reservation: str | None = Field(
+        None,
+        description='(extension) A `reservation` from `POST /job/dry_run`: the job gets the id the dry run\nreserved, so its script is the one the dry run showed. Good for one job.\n',
+        max_length=1024,
+        min_length=1,
+    )
+    array: str | None = Field(
+        None,
+        description="(extension) Run the job as an array of tasks: `START-END[:STEP][%CAP]` or `N[%CAP]`, for\nexample `0-99%10` (indexes 0..99, at most 10 running at once) or `0-99:2`. Each task runs the\nsame payload with `HPC_ARRAY_TASK_ID` set to its index (and `HPC_ARRAY_TASK_COUNT`, `_MIN`,\n`_MAX`, `_STEP`). Indexes run from 0 to 4000000; at most the gateway's `max_array_tasks`\n(default 10000) tasks. Rendered natively (Slurm `--array`, PBS `-t`/`-J`, Grid Engine\n`-t`/`-tc`). A list form (`1,3,5`) is not accepted: not every scheduler takes one.\n",
+        max_length=32,
+        min_length=1,
+    )
+    after: list[JobDependencyRequest] | None = Field(
+        None,
+        description='(extension) Jobs this one waits for, each with a condition; all must hold. On the same\ninfrastructure the scheduler enforces them where it can (Slurm and PBS: all conditions;\nGrid Engine: `any` only); otherwise the gateway holds the job (`state` `held`, `status`\n`queued`) and submits it once they hold. A dependency that can no longer hold ends the job\nas `cancelled`, its `reason` naming the predecessor.\n',
+        max_length=64,
+    )

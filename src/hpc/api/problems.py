@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 
 from connexion.exceptions import BadRequestProblem, ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
-from connexion.validators import ParameterValidator
 
 from hpc import errors
+from hpc.api import auth
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +26,23 @@ TABLE: dict[type[errors.DomainError], tuple[int, str]] = {
     errors.InsufficientStorage: (507, "Insufficient Storage"),
     errors.ClusterUnavailable: (502, "Cluster Unavailable"),
     errors.ClusterTimeout: (504, "Cluster Timeout"),
+    errors.Unavailable: (503, "Service Unavailable"),
 }
 
 _DETAIL_LIMIT = 500
-_PATH_SUFFIX = re.compile(r" - '([^']*)'$")
-_REQUIRED = re.compile(r"^'([^']+)' is a required property")
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> ConnexionResponse:
+def problem(status: int, title: str, detail: str, field: str | None = None,
+            challenge: str = "Bearer", extra: dict | None = None) -> ConnexionResponse:
+    """A problem+json response; a 401 names the scheme the client must use (RFC 6750), with the reason
+    a token was refused when one was (``challenge``, made by ``hpc.api.auth.challenge``). ``extra``:
+    extension members (RFC 7807 3.2)."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if field:
         body["field"] = field
-    return ConnexionResponse(status_code=status, body=json.dumps(body), content_type=PROBLEM_JSON)
+    body.update(extra or {})
+    return ConnexionResponse(status_code=status, body=json.dumps(body), content_type=PROBLEM_JSON,
+                             headers={"WWW-Authenticate": challenge} if status == 401 else None)
 
 
 def domain_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -50,41 +54,23 @@ def domain_error(_request: ConnexionRequest, exc: Exception) -> ConnexionRespons
 
 
 def bad_request(_request: ConnexionRequest, exc: BadRequestProblem) -> ConnexionResponse:
-    """Connexion's schema validation errors, with the offending field pulled out of the message."""
+    """Contract violations. ``hpc.api.validation`` words them (field named, no value quoted); what
+    Connexion raises itself (malformed JSON, a missing body) carries no value either."""
     detail = exc.detail or "the request does not match the API contract"
-    field = None
-    match = _PATH_SUFFIX.search(detail)
-    if match:
-        field = match.group(1)
-    required = _REQUIRED.match(detail)
-    if required:
-        field = f"{field}.{required.group(1)}" if field else required.group(1)
     if len(detail) > _DETAIL_LIMIT:
-        # jsonschema quotes the offending value: a megabyte of script must not come back in the answer.
-        detail = detail[:_DETAIL_LIMIT] + "... (cut)" + (f" - '{field}'" if field else "")
-    return problem(400, "Bad Request", detail, field)
+        detail = detail[:_DETAIL_LIMIT] + "... (cut)"
+    return problem(400, "Bad Request", detail, getattr(exc, "field", None))
 
 
 def connexion_problem(_request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
-    return problem(exc.status_code, exc.title or "Error", exc.detail or exc.title or "")
+    # e.g. 415, whose detail quotes the request's Content-Type header.
+    detail = (exc.detail or exc.title or "")[:_DETAIL_LIMIT]
+    if isinstance(exc, auth.InvalidToken):
+        return problem(401, "Unauthorized", detail, challenge=auth.challenge(exc.detail))
+    return problem(exc.status_code, exc.title or "Error", detail)
 
 
 def internal_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     # The traceback goes to the log only; the client gets no internals.
     log.error("unhandled error", exc_info=exc)
     return problem(500, "Internal Server Error", "the gateway failed unexpectedly; the log has the details")
-
-
-class NamedParameterValidator(ParameterValidator):
-    """Connexion's parameter check, its message cut to one line that names the parameter.
-
-    Connexion passes jsonschema's whole multi-line report (schema dump included) and never the
-    parameter's name; this keeps the first line and appends ``- 'name'`` as body errors have it.
-    """
-
-    @staticmethod
-    def validate_parameter(parameter_type, value, param, param_name=None):
-        error = ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
-        if not error:
-            return error
-        return f"{parameter_type} parameter: {error.splitlines()[0]} - '{param['name']}'"

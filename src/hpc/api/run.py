@@ -11,8 +11,9 @@ import sys
 
 import uvicorn
 
-from hpc.api.app import create_app, with_fast_path
+from hpc.api.app import create_app, served_app
 from hpc.config import ConfigError, load_config
+from hpc.services import metrics
 
 
 def limit_malloc_arenas(count: int = 2) -> None:
@@ -32,16 +33,34 @@ def limit_malloc_arenas(count: int = 2) -> None:
     libc.mallopt(-8, count)  # M_ARENA_MAX from malloc.h
 
 
+LOG_MESSAGE_LIMIT = 4096
+
+
+class BoundedMessages(logging.Filter):
+    """Cuts a log message longer than :data:`LOG_MESSAGE_LIMIT` characters: whatever a library puts in
+    a message, a request value never lands in the log whole (one 50 MB line per request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > LOG_MESSAGE_LIMIT:
+            record.msg = f"{message[:LOG_MESSAGE_LIMIT]}... ({len(message)} characters, cut)"
+            record.args = None
+        return True
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(BoundedMessages())
     # paramiko logs every channel open at INFO; its own debug output could include banners, not secrets.
     logging.getLogger("paramiko").setLevel(logging.WARNING)
-    # Connexion logs every parameter check at DEBUG: noise that drowns the gateway's own debug lines.
-    logging.getLogger("connexion").setLevel(max(logging.INFO, logging.getLogger().level))
+    # Connexion logs every parameter check at DEBUG, and request values (whole, secrets included) at
+    # INFO; the gateway words and answers every request error itself (hpc.api.validation, problems).
+    logging.getLogger("connexion").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     app.gateway.start()
+    if config.metrics_listen_port:
+        metrics.serve(config.metrics_listen_host, config.metrics_listen_port)
     try:
-        uvicorn.run(with_fast_path(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
-                    access_log=False, lifespan="off")
+        uvicorn.run(served_app(app), host=config.listen_host, port=config.listen_port, log_level=config.log_level.lower(),
+                    access_log=False, lifespan="off",
+                    # Event streams (GET /events) never end by themselves: a shutdown cuts them after this.
+                    timeout_graceful_shutdown=5)
     finally:
         app.gateway.stop()
     return 0

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from hpc.api import models
+from hpc.api.validation import parse_date_time
 from hpc.errors import InvalidInput
 from hpc.security import fingerprint
 from hpc.store.tables import utcnow
@@ -32,12 +33,9 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"{field} must be an ISO 8601 date-time", field) from None
-    if parsed.tzinfo is None:
-        raise InvalidInput(f"{field} needs a time zone (for example 2026-01-01T00:00:00Z)", field)
-    return parsed
+        return parse_date_time(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {exc}", field) from None
 
 
 def _dump(model) -> dict[str, Any]:
@@ -97,7 +95,9 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
             exit_code=row["exit_code"],
             name=row["name"],
             kind=row["kind"],
-            services=spec.get("services"),
+            template=spec.get("template"),
+            template_version=spec.get("template_version"),
+            services=spec.get("services") or [],
             watch_period=row["watch_period"],
             cancel_requested=row["cancel_requested"],
             created_at=row["created_at"],
@@ -105,9 +105,64 @@ def job_status(row: dict[str, Any]) -> dict[str, Any]:
             started_at=row["started_at"],
             ended_at=row["ended_at"],
             updated_at=row["updated_at"],
+            **job_extensions(row),
+        )
+    )
+
+
+def job_extensions(row: dict[str, Any]) -> dict[str, Any]:
+    """An array job's ``array`` and a dependant's ``after`` (absent for other jobs: fields stay unset)."""
+    from hpc.schedulers.arrays import parse_array
+
+    spec = row["spec"] or {}
+    fields: dict[str, Any] = {}
+    if spec.get("array"):
+        size = parse_array(spec["array"], 4_000_001).count
+        fields["array"] = models.JobArray(spec=spec["array"], size=size, counts=row.get("task_counts") or {})
+    if spec.get("after"):
+        fields["after"] = [
+            models.JobDependency(job=dep["target_id"], condition=dep["condition"], mode=dep["mode"],
+                                 state=dep["state"], native=dep["native"])
+            for dep in row.get("after") or []
+        ]
+    return fields
+
+
+def job_task(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(
+        models.JobTask(
+            index=row["task_index"],
+            state=row["state"],
+            native_state=row["native_state"],
+            reason=row["reason"],
+            exit_code=row["exit_code"],
+            scheduler_id=row["scheduler_id"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
         )
     )
 
 
 def page(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
     return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+def template(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.Template(
+        name=row["name"], version=row["version"], description=row["description"], body=row["body"],
+        parameters=row["parameters"], placeholders=row["placeholders"],
+        resources=models.JobResources.model_validate(row["resources"] or {}), latest_version=row["latest_version"],
+        builtin=row["builtin"], deprecated=row["deprecated_at"] is not None, deprecated_at=row["deprecated_at"],
+        owner=row["owner"], created_at=row["created_at"],
+    ))
+
+
+def template_summary(row: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.TemplateSummary(
+        name=row["name"], version=row["version"], description=row["description"], builtin=row["builtin"],
+        deprecated=row["deprecated_at"] is not None, created_at=row["created_at"],
+    ))
+
+
+def dry_run(document: dict[str, Any]) -> dict[str, Any]:
+    return _dump(models.JobDryRun.model_validate(document))

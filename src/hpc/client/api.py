@@ -25,14 +25,20 @@ import requests
 
 from hpc import __version__
 from hpc.client import errors
+from hpc.client.events import ChangeNotifier, iter_events
 from hpc.client.records import (
     JOB_FINAL_STATES,
     Health,
     InfrastructureSummary,
     InfrastructureTelemetry,
+    JobDryRun,
     JobOutput,
     JobStatus,
+    JobTask,
+    Event,
     Page,
+    Subscription,
+    Template,
     TransferKind,
     TransferStatus,
 )
@@ -46,11 +52,22 @@ TRANSFER_PATHS: dict[str, str] = {"http": "/data", "s3_data": "/s3_data", "s3_re
 # deadline, instead of giving up on the first one.
 _TRANSIENT_STATUSES = frozenset({502, 503, 504})
 _MAX_TRANSIENT_FAILURES = 60
+# While waiting on the event stream, a record is still read this often (seconds) in case a change was
+# recorded while the stream was reconnecting.
+_EVENT_WAIT_POLL = 30.0
 
 
 def _clean(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The fields that were given (None means "not given": the gateway applies its default)."""
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def dependency(item: str | Mapping[str, str]) -> dict[str, str]:
+    """One ``after`` entry from ``"ID"``, ``"ID:COND"`` or a mapping (``{"job": ID, "condition": COND}``)."""
+    if isinstance(item, Mapping):
+        return _clean({"job": item.get("job"), "condition": item.get("condition")})
+    job, _, condition = str(item).partition(":")
+    return _clean({"job": job, "condition": condition or None})
 
 
 def job_done(job: Mapping[str, Any]) -> bool:
@@ -174,12 +191,12 @@ class Client:
             host: Address used for SSH; ``port`` defaults to 22.
             username: The login user on the cluster.
             hostname: The cluster's own name.
-            scheduler: ``slurm`` or ``pbs``.
+            scheduler: ``slurm``, ``pbs`` or ``sge``.
             ssh_key: ``{"type": "ssh-ed25519", "path": "key file in the gateway's key dir",
                 "password": "passphrase"}``, or ``{"type": ..., "private_key": "-----BEGIN ..."}``.
             host_key: The host's public key (``ssh-ed25519 AAAA...``) to pin; otherwise the gateway's
                 known_hosts decides.
-            settings: Site settings (``job_root``, ``allowed_roots``, ``setup_lines``,
+            settings: Site settings (``job_root``, ``allowed_roots``, ``setup_lines``, ``command_setup_lines``,
                 ``mpi_launcher``, ``serrano_resources``, ``min_watch_period``).
             extra: Further fields, passed as they are (for fields newer than this client).
         """
@@ -187,6 +204,25 @@ class Client:
                        "scheduler": scheduler, "ssh_key": dict(ssh_key), "port": port, "host_key": host_key,
                        "settings": dict(settings) if settings is not None else None, **extra})
         return self.request("POST", "/infrastructure", json=body)
+
+    def update_infrastructure(self, name: str, *, host: str | None = None, port: int | None = None,
+                              username: str | None = None, hostname: str | None = None,
+                              ssh_key: Mapping[str, Any] | None = None, host_key: str | None = None,
+                              settings: Mapping[str, Any] | None = None, reset_settings: Sequence[str] | None = None,
+                              **extra: Any) -> InfrastructureSummary:
+        """PATCH /infrastructure/{name}: changes the given fields only (admin).
+
+        A new connection (``host``, ``port``, ``username``, ``ssh_key``, ``host_key``) is tried before the
+        gateway answers; if it does not work the gateway refuses (422) and keeps the old one.
+        ``settings`` are merged key by key; ``reset_settings`` names settings to drop back to their
+        defaults; ``host_key=""`` unpins the host key; ``ssh_key={"password": ...}`` alone changes the
+        passphrase of the current key.
+        """
+        body = _clean({"host": host, "port": port, "username": username, "hostname": hostname,
+                       "ssh_key": dict(ssh_key) if ssh_key is not None else None, "host_key": host_key,
+                       "settings": dict(settings) if settings is not None else None,
+                       "reset_settings": list(reset_settings) if reset_settings is not None else None, **extra})
+        return self.request("PATCH", f"/infrastructure/{_segment(name)}", json=body)
 
     def delete_infrastructure(self, name: str) -> None:
         """DELETE /infrastructure/{name} (admin); 409 while it has active jobs or transfers."""
@@ -200,28 +236,41 @@ class Client:
 
     def submit_job(self, infrastructure: str, *, services: Sequence[str] | None = None,
                    params: Mapping[str, Any] | None = None, script: str | None = None,
-                   command: Sequence[str] | None = None, resources: Mapping[str, Any] | None = None,
-                   name: str | None = None, workdir: str | None = None, env: Mapping[str, str] | None = None,
-                   watch_period: float | None = None, **extra: Any) -> JobStatus:
+                   command: Sequence[str] | None = None, template: str | None = None,
+                   parameters: Mapping[str, Any] | None = None, template_version: int | None = None,
+                   resources: Mapping[str, Any] | None = None, name: str | None = None,
+                   workdir: str | None = None, env: Mapping[str, str] | None = None,
+                   watch_period: float | None = None, reservation: str | None = None,
+                   array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
+                   **extra: Any) -> JobStatus:
         """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
 
         Give exactly one of ``services`` (SERRANO services, with ``params`` holding at least
-        ``read_input_data``), ``script`` (a bash script) or ``command`` (argv, each element one word).
-        ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
-        (``[D-]HH:MM:SS``), ``partition``, ``account``.
+        ``read_input_data``), ``script`` (a bash script), ``command`` (argv, each element one word) or
+        ``template`` (a registered job template, with its ``parameters``; ``template_version`` default
+        the newest). ``resources``: ``nodes``, ``tasks``, ``cpus_per_task``, ``memory_mb``, ``walltime``
+        (``[D-]HH:MM:SS``), ``partition``, ``account``. ``reservation`` (from :meth:`dry_run_job`): the
+        job takes the id the dry run reserved, so it runs the script the dry run showed.
+
+        ``array``: run it as tasks, ``"0-99%10"`` (``START-END[:STEP][%CAP]``); each task sees its index
+        in ``HPC_ARRAY_TASK_ID``. ``after``: jobs to wait for, each ``"ID"`` (condition ``ok``),
+        ``"ID:notok"``, ``"ID:any"`` or ``{"job": ID, "condition": ...}``; the job is ``held`` meanwhile.
         """
-        body = _clean({
-            "infrastructure": infrastructure,
-            "services": list(services) if services is not None else None,
-            "params": dict(params) if params is not None else None,
-            "script": script,
-            "command": list(command) if command is not None else None,
-            "resources": dict(resources) if resources is not None else None,
-            "name": name, "workdir": workdir,
-            "env": dict(env) if env is not None else None,
-            "watch_period": watch_period, **extra,
-        })
-        return self.request("POST", "/job", json=body)
+        return self.request("POST", "/job", json=_job_body(**locals()))
+
+    def dry_run_job(self, infrastructure: str, *, services: Sequence[str] | None = None,
+                    params: Mapping[str, Any] | None = None, script: str | None = None,
+                    command: Sequence[str] | None = None, template: str | None = None,
+                    parameters: Mapping[str, Any] | None = None, template_version: int | None = None,
+                    resources: Mapping[str, Any] | None = None, name: str | None = None,
+                    workdir: str | None = None, env: Mapping[str, str] | None = None,
+                    watch_period: float | None = None, reservation: str | None = None,
+                    array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
+                    **extra: Any) -> JobDryRun:
+        """POST /job/dry_run: what :meth:`submit_job` with the same arguments would send, without
+        submitting (the batch script, the payload, the submit command, the resolved resources). Pass its
+        ``reservation`` to :meth:`submit_job` to submit exactly that."""
+        return self.request("POST", "/job/dry_run", json=_job_body(**locals()))
 
     def get_job(self, job_id: str) -> JobStatus:
         """GET /job/{id}."""
@@ -238,13 +287,30 @@ class Client:
         return self.request("DELETE", f"/job/{_segment(job_id)}")
 
     def job_output(self, job_id: str, stream: str = "stdout", offset: int = 0,
-                   length: int | None = None) -> JobOutput:
-        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr."""
-        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length)
+                   length: int | None = None, task: int | None = None) -> JobOutput:
+        """GET /job/{id}/output: bytes ``offset``..``offset+length`` of the job's stdout or stderr (of
+        one array task with ``task``)."""
+        return self._get(f"/job/{_segment(job_id)}/output", stream=stream, offset=offset, length=length, task=task)
+
+    def list_job_tasks(self, job_id: str, *, state: str | None = None, limit: int | None = None,
+                       offset: int | None = None) -> Page:
+        """GET /job/{id}/tasks: a page of an array job's tasks (index, state, exit code, times)."""
+        return self._get(f"/job/{_segment(job_id)}/tasks", state=state, limit=limit, offset=offset)
+
+    def job_tasks(self, job_id: str, *, state: str | None = None, page_size: int = 1000) -> Iterator[JobTask]:
+        """Every task of an array job, lowest index first, read a page at a time."""
+        offset = 0
+        while True:
+            page = self.list_job_tasks(job_id, state=state, limit=page_size, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
 
     def follow_job_output(self, job_id: str, stream: str = "stdout", offset: int = 0, poll: float = 1.0,
-                          timeout: float | None = None) -> Iterator[str]:
-        """Yields the job's output as it grows, until the job has ended and everything was read.
+                          timeout: float | None = None, task: int | None = None) -> Iterator[str]:
+        """Yields the job's output (one array task's with ``task``) as it grows, until the job (the task)
+        has ended and everything was read.
 
         Raises:
             WaitTimeout: ``timeout`` seconds passed first.
@@ -252,7 +318,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         ended_before = False
         while True:
-            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024)
+            chunk = self.job_output(job_id, stream, offset, length=1024 * 1024,
+                                    **({"task": task} if task is not None else {}))
             if chunk.get("data"):
                 yield chunk["data"]
             offset = chunk.get("next_offset", offset + len(chunk.get("data", "").encode()))
@@ -267,8 +334,11 @@ class Client:
 
     def wait_for_job(self, job_id: str | Mapping[str, Any], *, timeout: float | None = None,
                      poll: float = 1.0, on_update: Callable[[JobStatus], None] | None = None,
-                     until: Callable[[JobStatus], bool] = job_done) -> JobStatus:
-        """Polls a job until its ``status`` reads ``completed``; returns the last record.
+                     until: Callable[[JobStatus], bool] = job_done, use_events: bool = True) -> JobStatus:
+        """Waits until a job's ``status`` reads ``completed``; returns the last record.
+
+        The record is read again whenever the event stream (``GET /events``) reports a change of the
+        job; against a gateway without the stream (or with ``use_events=False``) every ``poll`` seconds.
 
         Check ``state`` (``completed``, ``failed``, ``cancelled``, ``timeout``), ``exit_code`` and
         ``reason`` for the outcome; :func:`job_succeeded` does.
@@ -279,34 +349,86 @@ class Client:
             poll: Seconds between polls.
             on_update: Called with every record read (for a progress display).
             until: What to wait for instead of the end, e.g. ``lambda j: j["state"] == "running"``.
+            use_events: Wait on the event stream when the gateway has one.
 
         Raises:
             WaitTimeout: The job had not ended in time (``.last`` is the last record).
         """
         job_id = _id_of(job_id)
-        return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update)
+        return self._wait(lambda: self.get_job(job_id), until, f"job {job_id}", timeout, poll, on_update,
+                          job_id if use_events else None)
+
+    # -- job templates -----------------------------------------------------------------------------
+
+    def create_template(self, name: str, body: str, *, parameters: Mapping[str, Any] | None = None,
+                        description: str | None = None, resources: Mapping[str, Any] | None = None,
+                        **extra: Any) -> Template:
+        """POST /template: registers version 1 of a job template (admin).
+
+        Args:
+            name: The name jobs give as ``template``.
+            body: The batch script's body (bash) with ``{{name}}`` placeholders.
+            parameters: The JSON Schema of the parameters (``type: object``, each placeholder a property).
+            description: A line for people.
+            resources: Default resources of its jobs.
+        """
+        return self.request("POST", "/template", json=_template_body(name=name, **_without(locals(), "name")))
+
+    def add_template_version(self, name: str, body: str, *, parameters: Mapping[str, Any] | None = None,
+                             description: str | None = None, resources: Mapping[str, Any] | None = None,
+                             **extra: Any) -> Template:
+        """POST /template/{name}/versions: updates a template as a new version (admin)."""
+        return self.request("POST", f"/template/{_segment(name)}/versions",
+                            json=_template_body(**_without(locals(), "name")))
+
+    def list_templates(self, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /template: every template's newest version (summaries), the built-in ``serrano`` first."""
+        return self._get("/template", limit=limit, offset=offset)
+
+    def get_template(self, name: str, version: int | None = None) -> Template:
+        """GET /template/{name}, or /template/{name}/versions/{version}."""
+        if version is None:
+            return self._get(f"/template/{_segment(name)}")
+        return self._get(f"/template/{_segment(name)}/versions/{int(version)}")
+
+    def template_versions(self, name: str, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /template/{name}/versions: its versions, newest first."""
+        return self._get(f"/template/{_segment(name)}/versions", limit=limit, offset=offset)
+
+    def deprecate_template(self, name: str) -> None:
+        """DELETE /template/{name}: refuses new jobs from it (admin); its versions stay readable."""
+        self.request("DELETE", f"/template/{_segment(name)}")
 
     # -- transfers ---------------------------------------------------------------------------------
 
-    def create_http_transfer(self, src: str, dst: str, infrastructure: str) -> TransferStatus:
-        """POST /data: copies an http(s) URL to ``dst`` on the cluster (relative to the home directory)."""
-        record = self.request("POST", "/data", json={"src": src, "dst": dst, "infrastructure": infrastructure})
+    def create_http_transfer(self, src: str, dst: str, infrastructure: str, *,
+                             callback_url: str | None = None) -> TransferStatus:
+        """POST /data: copies an http(s) URL to ``dst`` on the cluster (relative to the home directory).
+
+        ``callback_url`` (on every create method, and ``submit_job``): a webhook URL that gets every
+        event of the new resource; the answer's ``callback`` holds its signing secret, shown once."""
+        record = self.request("POST", "/data", json=_clean({"src": src, "dst": dst, "infrastructure": infrastructure,
+                                                            "callback_url": callback_url}))
         return self._remember(record, "http")
 
     def create_s3_data_transfer(self, *, endpoint: str, bucket: str, object: str, dst: str,
                                 infrastructure: str, access_key: str, secret_key: str,
-                                region: str = "local") -> TransferStatus:
+                                region: str = "local", callback_url: str | None = None) -> TransferStatus:
         """POST /s3_data: copies an S3 object to ``dst`` on the cluster."""
         body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
-                "access_key": access_key, "secret_key": secret_key, "dst": dst, "infrastructure": infrastructure}
+                "access_key": access_key, "secret_key": secret_key, "dst": dst, "infrastructure": infrastructure,
+                "callback_url": callback_url}
+        body = _clean(body)
         return self._remember(self.request("POST", "/s3_data", json=body), "s3_data")
 
     def create_s3_result_transfer(self, *, endpoint: str, bucket: str, object: str, src: str,
                                   infrastructure: str, access_key: str, secret_key: str,
-                                  region: str = "local") -> TransferStatus:
+                                  region: str = "local", callback_url: str | None = None) -> TransferStatus:
         """POST /s3_result: copies ``src`` on the cluster to an S3 object."""
         body = {"endpoint": endpoint, "bucket": bucket, "object": object, "region": region,
-                "access_key": access_key, "secret_key": secret_key, "src": src, "infrastructure": infrastructure}
+                "access_key": access_key, "secret_key": secret_key, "src": src, "infrastructure": infrastructure,
+                "callback_url": callback_url}
+        body = _clean(body)
         return self._remember(self.request("POST", "/s3_result", json=body), "s3_result")
 
     def get_transfer(self, transfer_id: str, kind: TransferKind | None = None) -> TransferStatus:
@@ -333,8 +455,12 @@ class Client:
 
     def wait_for_transfer(self, transfer_id: str | Mapping[str, Any], kind: TransferKind | None = None, *,
                           timeout: float | None = None, poll: float = 1.0,
-                          on_update: Callable[[TransferStatus], None] | None = None) -> TransferStatus:
-        """Polls a transfer until its ``status`` is no longer ``transferring``; returns the last record.
+                          on_update: Callable[[TransferStatus], None] | None = None,
+                          use_events: bool = True) -> TransferStatus:
+        """Waits until a transfer's ``status`` is no longer ``transferring``; returns the last record.
+
+        Reads the record when the event stream reports a change (progress comes about once a second),
+        else every ``poll`` seconds, as :meth:`wait_for_job` does.
 
         ``state`` tells the outcome (``completed``, ``failed``, ``cancelled``) and ``reason`` why;
         ``bytes_done``, ``bytes_total``, ``rate`` and ``eta`` show progress in every record passed to
@@ -347,7 +473,7 @@ class Client:
             kind = kind or transfer_id.get("kind")
         transfer_id = _id_of(transfer_id)
         return self._wait(lambda: self.get_transfer(transfer_id, kind), transfer_done, f"transfer {transfer_id}",
-                          timeout, poll, on_update)
+                          timeout, poll, on_update, transfer_id if use_events else None)
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -373,28 +499,78 @@ class Client:
         raise not_found
 
     def _wait(self, read: Callable[[], dict], done: Callable[[dict], bool], what: str, timeout: float | None,
-              poll: float, on_update: Callable[[dict], None] | None) -> dict:
+              poll: float, on_update: Callable[[dict], None] | None, watch_id: str | None = None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, Any] = {}
         failures = 0
-        while True:
-            try:
-                record = read()
-            except (errors.GatewayUnreachable, errors.ServerError) as exc:
-                # Ridden out for a while once the record was seen: a gateway restart or a proxy's 502
-                # must not abort a wait of hours. An error on the first read is the caller's to see.
-                transient = isinstance(exc, errors.GatewayUnreachable) or exc.status in _TRANSIENT_STATUSES
-                failures += 1
-                if not last or not transient or failures > _MAX_TRANSIENT_FAILURES:
-                    raise
-            else:
-                failures = 0
-                last = record
-                if on_update is not None:
-                    on_update(record)
-                if done(record):
-                    return record
-            _sleep(poll, deadline, what, timeout, lambda: last)
+        # Connected before the first read: a change between that read and the stream cannot be missed.
+        notifier = ChangeNotifier(self, [watch_id]) if watch_id else None
+        try:
+            while True:
+                try:
+                    record = read()
+                except (errors.GatewayUnreachable, errors.ServerError) as exc:
+                    # Ridden out for a while once the record was seen: a gateway restart or a proxy's 502
+                    # must not abort a wait of hours. An error on the first read is the caller's to see.
+                    transient = isinstance(exc, errors.GatewayUnreachable) or exc.status in _TRANSIENT_STATUSES
+                    failures += 1
+                    if not last or not transient or failures > _MAX_TRANSIENT_FAILURES:
+                        raise
+                else:
+                    failures = 0
+                    last = record
+                    if on_update is not None:
+                        on_update(record)
+                    if done(record):
+                        return record
+                if notifier is not None and notifier.available and failures == 0:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.WaitTimeout(what, timeout or 0, last)
+                    notifier.wait(_EVENT_WAIT_POLL if left is None else min(_EVENT_WAIT_POLL, left))
+                else:
+                    _sleep(poll, deadline, what, timeout, lambda: last)
+        finally:
+            if notifier is not None:
+                notifier.close()
+
+    # -- events and webhooks -----------------------------------------------------------------------
+
+    def events(self, *, kind: str | None = None, resource_id: str | Sequence[str] | None = None,
+               type: str | Sequence[str] | None = None, last_event_id: int | None = None,
+               follow: bool = True, reconnect: bool = True) -> Iterator[Event]:
+        """GET /events: the caller's events (an admin's: all) as documents, oldest first.
+
+        With ``follow`` the iterator waits for new events for ever (break out of the loop to stop);
+        without, it ends after the stored ones. A dropped connection is resumed from the last event id
+        seen (``reconnect``), so nothing is missed and nothing repeats. ``last_event_id`` starts after
+        that event (default: with the next new event, or with the oldest stored one when not following).
+
+        Each document: ``id``, ``type`` (``job.state``, ``job.output``, ``transfer.state``,
+        ``transfer.progress``), ``time``, ``resource`` (``kind``, ``id``) and ``data``.
+        """
+        return iter_events(self, kind=kind, resource_id=resource_id, type=type, last_event_id=last_event_id,
+                           follow=follow, reconnect=reconnect)
+
+    def create_subscription(self, url: str, *, types: Sequence[str] | None = None,
+                            resource_ids: Sequence[str] | None = None) -> Subscription:
+        """POST /subscription: ``url`` gets matching events, signed; the answer's ``secret`` is shown once
+        (check deliveries with :func:`hpc.client.webhooks.verify_delivery` or ``WebhookReceiver``)."""
+        body = _clean({"url": url, "types": list(types) if types is not None else None,
+                       "resource_ids": list(resource_ids) if resource_ids is not None else None})
+        return self.request("POST", "/subscription", json=body)
+
+    def list_subscriptions(self, *, limit: int | None = None, offset: int | None = None) -> Page:
+        """GET /subscription: the caller's webhook subscriptions (an admin's: all), newest first."""
+        return self._get("/subscription", limit=limit, offset=offset)
+
+    def get_subscription(self, subscription_id: str) -> Subscription:
+        """GET /subscription/{id}: with delivery counts, the last error and the latest dead letters."""
+        return self._get(f"/subscription/{_segment(subscription_id)}")
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """DELETE /subscription/{id}: no more deliveries; undelivered ones are dropped."""
+        self.request("DELETE", f"/subscription/{_segment(subscription_id)}")
 
 
 def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None,
@@ -407,6 +583,33 @@ def _sleep(poll: float, deadline: float | None, what: str, timeout: float | None
     if left <= 0:
         raise errors.WaitTimeout(what, timeout or 0, last())
     time.sleep(min(poll, left))
+
+
+def _without(fields: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """A method's arguments (``locals()``) minus ``self``, ``names`` and ``extra``, with ``extra`` merged in."""
+    kept = {key: value for key, value in fields.items() if key not in ("self", "extra", *names)}
+    return {**kept, **fields.get("extra", {})}
+
+
+def _job_body(**fields: Any) -> dict[str, Any]:
+    """The body of POST /job and /job/dry_run from :meth:`Client.submit_job`'s arguments."""
+    fields = _without(fields)
+    for key in ("services", "command"):
+        if fields.get(key) is not None:
+            fields[key] = list(fields[key])
+    for key in ("params", "parameters", "resources", "env"):
+        if fields.get(key) is not None:
+            fields[key] = dict(fields[key])
+    if fields.get("after") is not None:
+        fields["after"] = [dependency(item) for item in fields["after"]]
+    return _clean(fields)
+
+
+def _template_body(**fields: Any) -> dict[str, Any]:
+    for key in ("parameters", "resources"):
+        if fields.get(key) is not None:
+            fields[key] = dict(fields[key])
+    return _clean(fields)
 
 
 def _id_of(value: str | Mapping[str, Any]) -> str:

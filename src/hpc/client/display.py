@@ -32,6 +32,7 @@ from rich.text import Text
 
 from hpc.client.api import Client, job_done, job_succeeded, transfer_done, transfer_succeeded
 from hpc.client.errors import WaitTimeout
+from hpc.client.events import ChangeNotifier
 
 _PLAIN_EVERY = 5.0  # seconds between plain progress lines while only the byte count changes
 
@@ -73,6 +74,11 @@ def job_line(job: Mapping[str, Any]) -> str:
         text += f" ({job['native_state']})"
     if job.get("scheduler_id"):
         text += f", scheduler id {job['scheduler_id']}"
+    if job.get("array"):
+        counts = job["array"].get("counts") or {}
+        text += f", tasks {' '.join(f'{n} {s}' for s, n in sorted(counts.items()) if n)} of {job['array'].get('size')}"
+    if job.get("state") == "held" and job.get("reason"):
+        text += f": {job['reason']}"
     if job_done(job):
         if job.get("exit_code") is not None:
             text += f", exit code {job['exit_code']}"
@@ -114,7 +120,9 @@ class _MarkColumn(SpinnerColumn):
     """A spinner while the task runs; a check mark or a cross once it ended."""
 
     def render(self, task: Task) -> Text:
-        if task.finished:
+        # "ended" is the gateway's word, not rich's "finished" (all bytes counted): a transfer whose bytes
+        # are all there is still verifying its checksum, and neither succeeded nor failed yet.
+        if task.fields.get("ended", task.finished):
             ok = task.fields.get("ok", True)
             return Text("✔" if ok else "✘", style="green" if ok else "bold red")
         return super().render(task)
@@ -204,7 +212,7 @@ class JobDisplay(_Display):
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(job_line(job), total=1)
         self.progress.update(self.tasks[key], description=job_line(job), completed=1 if done else 0,
-                             ok=job_succeeded(job))
+                             ok=job_succeeded(job), ended=done)
         if done:
             self.progress.stop_task(self.tasks[key])
 
@@ -241,7 +249,7 @@ class TransferDisplay(_Display):
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(transfer_label(transfer), total=total)
         self.progress.update(
-            self.tasks[key], total=total, completed=completed, ok=transfer_succeeded(transfer),
+            self.tasks[key], total=total, completed=completed, ok=transfer_succeeded(transfer), ended=done,
             rate=None if done else transfer.get("rate"), eta=None if done else transfer.get("eta"),
             state="" if transfer_succeeded(transfer) else state + (
                 f": {transfer['reason']}" if done and transfer.get("reason") else ""),
@@ -252,34 +260,47 @@ class TransferDisplay(_Display):
 
 def _watch(records: Iterable[Mapping[str, Any]], read: Callable[[Mapping[str, Any]], dict],
            done: Callable[[Mapping[str, Any]], bool], display: _Display, timeout: float | None, poll: float,
-           what: str) -> list[dict]:
+           what: str, client: Client | None = None) -> list[dict]:
     current = {str(r["id"]): dict(r) for r in records}
     order = list(current)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with display:
-        for record in current.values():
-            display.update(record)
-        while True:
-            pending = [key for key in order if not done(current[key])]
-            if not pending:
-                return [current[key] for key in order]
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"{len(pending)} {what}(s)", timeout or 0, current[pending[0]])
-            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
-            for key in pending:
-                current[key] = read(current[key])
-                display.update(current[key])
+    # With the gateway's event stream, records are read when they changed, not every poll period.
+    notifier = ChangeNotifier(client, [k for k in order if not done(current[k])]) if client is not None else None
+    try:
+        with display:
+            for record in current.values():
+                display.update(record)
+            first = notifier is not None and notifier.available
+            while True:
+                pending = [key for key in order if not done(current[key])]
+                if not pending:
+                    return [current[key] for key in order]
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"{len(pending)} {what}(s)", timeout or 0, current[pending[0]])
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if first:
+                    first = False  # one read right after the stream opened: nothing slips between
+                elif notifier is not None and notifier.available:
+                    notifier.wait(30.0 if left is None else min(30.0, left))
+                else:
+                    time.sleep(poll if left is None else min(poll, left))
+                for key in pending:
+                    current[key] = read(current[key])
+                    display.update(current[key])
+    finally:
+        if notifier is not None:
+            notifier.close()
 
 
 def watch_jobs(client: Client, jobs: Iterable[Mapping[str, Any]], *, timeout: float | None = None,
                poll: float = 0.5, stream: IO[str] | None = None, live: bool | None = None) -> list[dict]:
     """Waits for every job, showing a live line for each; returns their final records in order."""
     return _watch(jobs, lambda job: client.get_job(job["id"]), job_done, JobDisplay(stream, live), timeout,
-                  poll, "job")
+                  poll, "job", client)
 
 
 def watch_transfers(client: Client, transfers: Iterable[Mapping[str, Any]], *, timeout: float | None = None,
                     poll: float = 0.5, stream: IO[str] | None = None, live: bool | None = None) -> list[dict]:
     """Waits for every transfer, showing a progress bar for each; returns their final records in order."""
     return _watch(transfers, lambda t: client.get_transfer(t["id"], t.get("kind")), transfer_done,
-                  TransferDisplay(stream, live), timeout, poll, "transfer")
+                  TransferDisplay(stream, live), timeout, poll, "transfer", client)

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from hpc.schedulers.arrays import ArraySpec, NativeDependency
 from hpc.shell import quote
+from hpc.states import JOB_ENDED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,12 @@ class JobState(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
+# Observed native states that end a job with a known outcome. An UNKNOWN *observation* (a native code
+# this adapter does not know) is not one: it never ends a job nor aborts a poll.
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+# Job states after which nothing changes (hpc.states, the one definition): the terminal ones and
+# UNKNOWN, the state of a job that left the queue without an exit code.
+ENDED_STATES = frozenset(JobState(state) for state in JOB_ENDED_STATES)
 
 # Forward-only order: queued < running < any terminal state. UNKNOWN has no rank: it never replaces a
 # known state (an odd native code seen once must not move a job backwards or end it).
@@ -44,7 +51,8 @@ ORDER: Mapping[JobState, int] = MappingProxyType(
 
 
 def is_terminal(state: JobState) -> bool:
-    """Tell whether a job in ``state`` has ended for good."""
+    """Tell whether an observed native state ends the job with a known outcome (see ENDED_STATES for
+    whether a job's own state is final)."""
     return state in TERMINAL_STATES
 
 
@@ -94,6 +102,12 @@ class JobSpec:
     ``job_dir`` holds the gateway's job files (created by the caller): the rendered script writes
     ``started`` and ``ended`` (epoch seconds) and ``exit_code`` there; the submit command writes
     ``submit.out``. ``setup_lines`` are trusted site configuration, inserted verbatim.
+
+    ``array``: the job is an array (see :mod:`hpc.schedulers.arrays`); each task writes its job files as
+    ``tasks/<index>.started|ended|exit_code`` and its payload's output to ``output/<index>.stdout|stderr``
+    (``stdout``/``stderr`` of the job then get only what the scheduler itself writes).
+    ``dependencies``: conditions on other jobs the scheduler enforces (the adapter's
+    ``native_conditions`` says which it can).
     """
 
     name: str
@@ -105,6 +119,8 @@ class JobSpec:
     stdout: str | None = None
     stderr: str | None = None
     setup_lines: Sequence[str] = ()
+    array: ArraySpec | None = None
+    dependencies: Sequence[NativeDependency] = ()
 
     def __post_init__(self) -> None:
         for name in ("job_dir", "payload", "workdir", "stdout", "stderr"):
@@ -136,6 +152,9 @@ class NativeStatus:
     exit_code: int | None = None
     start_time: str | None = None
     end_time: str | None = None
+    # An array job: its tasks the scheduler lists, by the gateway's task index (None: not an array, or
+    # the scheduler does not list tasks under the array's id; see Scheduler.reports_array_tasks).
+    tasks: dict[int, "NativeStatus"] | None = None
 
 
 @dataclass
@@ -192,9 +211,24 @@ class Scheduler(abc.ABC):
     Telemetry: ONE :meth:`telemetry_command`; :meth:`parse_telemetry` returns one :class:`Partition`
     per partition/queue. Multi-part commands print a ``@@hpc-rc=N`` line after each part so every
     part's exit code survives in stdout.
+
+    Arrays: the adapter renders ``spec.array`` natively and :meth:`array_task_lines` sets
+    ``HPC_ARRAY_TASK_ID`` (the gateway's index) and ``hpc_task_job_id`` (the task's own scheduler id)
+    from the scheduler's variables. Each task writes ``tasks/<index>.started`` (``<epoch> <own id>``),
+    ``.ended`` and ``.exit_code``. When ``reports_array_tasks`` is true, :meth:`parse_status` lists an
+    array's tasks in :attr:`NativeStatus.tasks` of the array's id; otherwise the caller polls each
+    started task under its own id. Cancelling the array's id cancels every task.
+
+    Dependencies: ``spec.dependencies`` are rendered natively for the conditions in
+    ``native_conditions``; :meth:`never_satisfied` tells when the scheduler itself reports that a
+    pending job's dependency can no longer be satisfied.
     """
 
     name: str
+    # Dependency conditions this scheduler enforces itself (see hpc.schedulers.arrays).
+    native_conditions: frozenset[str] = frozenset({"ok", "notok", "any"})
+    # parse_status lists array tasks under the array's id.
+    reports_array_tasks: bool = True
 
     @abc.abstractmethod
     def directives(self, spec: JobSpec) -> list[str]:
@@ -202,7 +236,8 @@ class Scheduler(abc.ABC):
 
     def render_script(self, spec: JobSpec) -> str:
         """Render the batch script: shebang, the scheduler's directives, then the common body."""
-        return "\n".join(["#!/bin/bash", *self.directives(spec), *render_body(spec)]) + "\n"
+        array_lines = self.array_task_lines(spec) if spec.array is not None else ()
+        return "\n".join(["#!/bin/bash", *self.directives(spec), *render_body(spec, array_lines)]) + "\n"
 
     @abc.abstractmethod
     def submit_command(self, spec: JobSpec, script_path: str) -> tuple[str, bytes | None]:
@@ -213,12 +248,32 @@ class Scheduler(abc.ABC):
         """Return the scheduler's job id, or raise :class:`SchedulerCommandError`."""
 
     @abc.abstractmethod
-    def status_command(self, ids: Sequence[str]) -> str:
-        """One command reporting all ``ids``."""
+    def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
+        """One command reporting all ``ids``; ``arrays`` are those of them whose tasks the caller could
+        not find (an adapter may look further for them, e.g. in an accounting file)."""
 
     @abc.abstractmethod
     def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
         """Map each id the scheduler still reports to its status."""
+
+    @abc.abstractmethod
+    def array_task_lines(self, spec: JobSpec) -> list[str]:
+        """Shell lines setting ``HPC_ARRAY_TASK_ID`` and ``hpc_task_job_id`` inside a task."""
+
+    @abc.abstractmethod
+    def dependency_option(self, dependencies: Sequence[NativeDependency]) -> str:
+        """The option that carries ``dependencies`` (as in the script or on the submit command line);
+        ValueError for a condition outside ``native_conditions``."""
+
+    def never_satisfied(self, status: NativeStatus) -> bool:
+        """Whether the scheduler reports that this pending job's dependency can never be satisfied."""
+        return False
+
+    def check_dependencies(self, dependencies: Sequence[NativeDependency]) -> None:
+        """Raise ValueError for a dependency this adapter cannot render."""
+        for dep in dependencies:
+            if dep.condition not in self.native_conditions:
+                raise ValueError(f"{self.name} cannot enforce the condition {dep.condition!r} itself")
 
     @abc.abstractmethod
     def cancel_command(self, ids: Sequence[str]) -> str:
@@ -237,15 +292,27 @@ class Scheduler(abc.ABC):
         """Parse :meth:`telemetry_command` output."""
 
 
-def get_scheduler(name: str) -> Scheduler:
-    """Return the adapter called ``name``: ``"slurm"`` or ``"pbs"``."""
-    from hpc.schedulers.pbs import PbsScheduler
-    from hpc.schedulers.slurm import SlurmScheduler
-
-    adapters: dict[str, type[Scheduler]] = {"slurm": SlurmScheduler, "pbs": PbsScheduler}
-    if name not in adapters:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(adapters)}")
-    return adapters[name]()
+def array_status(scheduler_id: str, tasks: dict[int, NativeStatus]) -> NativeStatus:
+    """The status of an array's id from its listed tasks: RUNNING if any task runs, else QUEUED if any
+    waits, else UNKNOWN if any is odd, else ended (COMPLETED if every listed task completed, else FAILED;
+    the caller decides the array's outcome from all its tasks). Native state and reason are those of the
+    first task in the chosen state (e.g. a pending task's ``JobArrayTaskLimit``)."""
+    order = [JobState.RUNNING, JobState.QUEUED, JobState.UNKNOWN]
+    listed = [tasks[index] for index in sorted(tasks)]
+    for state in order:
+        first = next((task for task in listed if task.state is state), None)
+        if first is not None:
+            break
+    else:
+        state = JobState.COMPLETED if all(t.state is JobState.COMPLETED for t in listed) else JobState.FAILED
+        first = next((t for t in listed if t.state is state), listed[0] if listed else None)
+    return NativeStatus(
+        scheduler_id=scheduler_id,
+        state=state,
+        native_state=first.native_state if first else "",
+        reason=first.reason if first else None,
+        tasks=tasks,
+    )
 
 
 # Hint for final_state_from_exit_code: the gateway itself asked the scheduler to cancel the job.
@@ -325,14 +392,35 @@ def sanitize_job_name(name: str) -> str:
     return cleaned or "job"
 
 
-def render_body(spec: JobSpec) -> list[str]:
-    """The scheduler-independent part of the batch script (see :class:`Scheduler` for the files)."""
+def render_body(spec: JobSpec, array_lines: Sequence[str] = ()) -> list[str]:
+    """The scheduler-independent part of the batch script (see :class:`Scheduler` for the files).
+
+    ``array_lines`` (from :meth:`Scheduler.array_task_lines`) are used when ``spec.array`` is set: the
+    task's files then go to ``tasks/<index>.*`` and its payload's output to ``output/<index>.*``.
+    """
     lines = [
         "# Written by hpc-gateway. Job files in the job directory: started, ended, exit_code.",
         f"hpc_job_dir={quote(spec.job_dir)}",
         "hpc_child=",
+    ]
+    if spec.array is not None:
+        array = spec.array
+        lines += [
+            *array_lines,
+            # The index names files: anything but a plain number (no array context) stops the task.
+            'case "$HPC_ARRAY_TASK_ID" in ""|*[!0-9]*) echo "hpc-gateway: no array task id" >&2; exit 1;; esac',
+            f"export HPC_ARRAY_TASK_ID HPC_ARRAY_TASK_COUNT={array.count} HPC_ARRAY_TASK_MIN={array.start}"
+            f" HPC_ARRAY_TASK_MAX={array.last} HPC_ARRAY_TASK_STEP={array.step}",
+            'mkdir -p "$hpc_job_dir/tasks" "$hpc_job_dir/output" || exit 1',
+            'hpc_files="$hpc_job_dir/tasks/$HPC_ARRAY_TASK_ID."',
+        ]
+        started = '"$(date +%s) $hpc_task_job_id"'
+    else:
+        lines.append('hpc_files="$hpc_job_dir/"')
+        started = '"$(date +%s)"'
+    lines += [
         "hpc_put() {",
-        '    printf \'%s\\n\' "$2" > "$hpc_job_dir/$1.tmp" && mv -f "$hpc_job_dir/$1.tmp" "$hpc_job_dir/$1"',
+        '    printf \'%s\\n\' "$2" > "$hpc_files$1.tmp" && mv -f "$hpc_files$1.tmp" "$hpc_files$1"',
         "}",
         'hpc_on_exit() { hpc_put ended "$(date +%s)"; hpc_put exit_code "$1"; }',
         "hpc_on_term() {",
@@ -343,13 +431,16 @@ def render_body(spec: JobSpec) -> list[str]:
         "}",
         "trap 'hpc_on_exit \"$?\"' EXIT",
         "trap hpc_on_term TERM",
-        'hpc_put started "$(date +%s)"',
+        f"hpc_put started {started}",
         f"cd {quote(spec.workdir or spec.job_dir)} || exit 1",
     ]
     lines += [f"export {key}={quote(value)}" for key, value in spec.env.items()]
     lines += list(spec.setup_lines)
+    run = f"bash {quote(spec.payload)}"
+    if spec.array is not None:
+        run += ' > "$hpc_job_dir/output/$HPC_ARRAY_TASK_ID.stdout" 2> "$hpc_job_dir/output/$HPC_ARRAY_TASK_ID.stderr"'
     lines += [
-        f"bash {quote(spec.payload)} &",
+        f"{run} &",
         "hpc_child=$!",
         'wait "$hpc_child"',
         "exit $?",
@@ -361,9 +452,11 @@ def submit_wrapper(job_dir: str, submit: str) -> str:
     """Run ``submit`` in ``job_dir``, keeping its stdout in ``submit.out``, printing it, keeping its rc.
 
     stdout goes to the file first, so the job id is persisted even when the SSH session dies before
-    the gateway reads it.
+    the gateway reads it. The command itself is kept in ``submit.cmd`` (what was asked of the scheduler,
+    e.g. its dependency options).
     """
-    return f"cd {quote(job_dir)} && ({submit} > submit.out; rc=$?; cat submit.out; exit $rc)"
+    return (f"cd {quote(job_dir)} && printf '%s\\n' {quote(submit)} > submit.cmd && "
+            f"({submit} > submit.out; rc=$?; cat submit.out; exit $rc)")
 
 
 RC_MARK = "@@hpc-rc="

@@ -1,5 +1,15 @@
 """PBS adapter: Torque commands, verified against the Slurm-backed Torque wrappers (slurm-wlm-torque
-22.05.8); the parsers also read Torque and PBS Pro/OpenPBS ``qstat -f`` text and ``qstat -f -F json``."""
+22.05.8); the parsers also read Torque and PBS Pro/OpenPBS ``qstat -f`` text and ``qstat -f -F json``.
+
+Two flavours differ in arrays (the infrastructure setting ``pbs_flavour``): ``torque`` (default; what
+the testbed's wrapper takes) renders ``qsub -t 0-9%2`` (Torque has no step: a step becomes a list such
+as ``0,2,4``) and the task reads ``PBS_ARRAYID`` (the wrapper: ``SLURM_ARRAY_TASK_ID``); ``pbspro``
+renders ``qsub -J 0-9:2%2`` and reads ``PBS_ARRAY_INDEX``. Dependencies go on the command line as
+``-W depend=afterok:ID`` (Torque names array predecessors ``afterokarray:ID[]``). Both are given to qsub
+as options, not ``#PBS`` lines: the wrapper hands the script to sbatch, which ignores ``#PBS -W``
+(tested: the dependency was dropped). The ``pbspro`` flavour is written from the PBS Professional
+reference guide and not run on the testbed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from hpc.schedulers.arrays import group_by_condition
 from hpc.schedulers.base import (
     JobSpec,
     JobState,
@@ -16,6 +27,7 @@ from hpc.schedulers.base import (
     Scheduler,
     SchedulerCommandError,
     SchedulerParseError,
+    array_status,
     check_directive_value,
     final_state_from_exit_code,
     message_of,
@@ -60,6 +72,11 @@ JOB_ID = re.compile(r"[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_.-]+)?")
 # to qsub are kept to characters that need no quoting in any shell ("%" would also be a Slurm pattern).
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*")
+SUBJOB = re.compile(r"([0-9]+)\[([0-9]+)\](\..*)?")
+DEPENDENCY_TYPES = {"ok": "afterok", "notok": "afternotok", "any": "afterany"}
+FLAVOURS = ("torque", "pbspro")
+# Longest Torque task list rendered for a stepped range (Torque's -t takes lists, not steps).
+MAX_TASK_LIST = 4096
 _WRAPPER_ERROR = "There was an error running the Slurm sbatch command."
 _GONE = ("Unknown Job Id", "Job has finished", "Request invalid for state of job")
 
@@ -100,6 +117,52 @@ class PbsScheduler(Scheduler):
     """PBS/Torque through qsub/qstat/qdel/pbsnodes; the script is uploaded and passed by path."""
 
     name = "pbs"
+    # Neither the wrapper's qstat nor a plain `qstat -f ID` lists an array's tasks: the caller polls each
+    # started task under its own id (PBS_JOBID, the wrapper's SLURM_JOB_ID).
+    reports_array_tasks = False
+
+    def __init__(self, flavour: str = "torque"):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown PBS flavour {flavour!r}; expected one of {FLAVOURS}")
+        self.flavour = flavour
+
+    def array_option(self, spec: JobSpec) -> str | None:
+        """``-t 0-9%2`` (torque) or ``-J 0-9:2%2`` (pbspro); None for a plain job."""
+        array = spec.array
+        if array is None:
+            return None
+        cap = f"%{array.cap}" if array.cap else ""
+        if self.flavour == "pbspro":
+            if array.count < 2:
+                raise ValueError("PBS Pro arrays (-J) need at least two tasks")
+            return f"-J {array.range_text}{cap}"
+        tasks = array.range_text
+        if array.step > 1:
+            tasks = ",".join(str(i) for i in array.indexes())
+            if len(tasks) > MAX_TASK_LIST:
+                raise ValueError("Torque arrays take no step: this stepped range is too long as a task list")
+        return f"-t {tasks}{cap}"
+
+    def dependency_option(self, dependencies) -> str:
+        """``-W depend=afterok:1:2,afternotok:3`` (every listed condition must hold)."""
+        self.check_dependencies(dependencies)
+        _check_ids([d.scheduler_id for d in dependencies])
+        parts = []
+        for condition, deps in group_by_condition(dependencies).items():
+            # Torque names array predecessors ("10[].srv") with the ...array types; PBS Pro takes them as
+            # they are. The wrapper's array ids are plain numbers: Slurm's afterok on one covers every task.
+            split = self.flavour == "torque"
+            for array in (False, True) if split else (None,):
+                ids = [d.scheduler_id for d in deps if array is None or ("[" in d.scheduler_id) == array]
+                if ids:
+                    parts.append(":".join([DEPENDENCY_TYPES[condition] + ("array" if array else ""), *ids]))
+        return f"-W depend={','.join(parts)}"
+
+    def array_task_lines(self, spec: JobSpec) -> list[str]:
+        index = "PBS_ARRAY_INDEX" if self.flavour == "pbspro" else "PBS_ARRAYID"
+        # The Slurm Torque wrapper sets only Slurm's variables in the job (testbed).
+        return [f'HPC_ARRAY_TASK_ID="${{{index}:-$SLURM_ARRAY_TASK_ID}}"',
+                'hpc_task_job_id="${PBS_JOBID:-$SLURM_JOB_ID}"']
 
     def directives(self, spec: JobSpec) -> list[str]:
         res = spec.resources
@@ -126,11 +189,13 @@ class PbsScheduler(Scheduler):
     def submit_command(self, spec: JobSpec, script_path: str) -> tuple[str, bytes | None]:
         # The Torque wrapper refuses a script on stdin and passes its own "-o/-e <script>.o<id>" to
         # sbatch, which override #PBS -o/-e: so -o/-e are repeated on the qsub command line.
+        options = [self.array_option(spec), self.dependency_option(spec.dependencies) if spec.dependencies else None]
         qsub = " ".join(
             [
                 "qsub",
                 f"-o {_plain_path('stdout', spec.stdout_path)}",
                 f"-e {_plain_path('stderr', spec.stderr_path)}",
+                *(quote(word) for option in options if option for word in option.split(" ", 1)),
                 _plain_path("script_path", script_path),
             ]
         )
@@ -146,7 +211,7 @@ class PbsScheduler(Scheduler):
             raise SchedulerCommandError("\n".join(errors) or message_of(stdout, stderr))
         raise SchedulerCommandError(message_of(stdout, stderr))
 
-    def status_command(self, ids: Sequence[str]) -> str:
+    def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
         return "qstat -f " + " ".join(quote(i) for i in _check_ids(ids))
 
     def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
@@ -156,11 +221,26 @@ class PbsScheduler(Scheduler):
         if exit_code not in (0, 153) or (exit_code == 153 and complaints):
             raise SchedulerParseError(message_of(stdout, stderr))
         found: dict[str, NativeStatus] = {}
+        tasks: dict[str, dict[int, NativeStatus]] = {}
         for printed, attrs in parse_jobs(stdout).items():
+            subjob = SUBJOB.fullmatch(printed)
+            if subjob:
+                # A subjob "10[3].srv" (Torque/PBS Pro) is reported under its own id when that was asked
+                # for (a task polled by its PBS_JOBID), and as a task of the array "10[].srv" if that was.
+                array_id = requested_id(f"{subjob.group(1)}[]{subjob.group(3) or ''}", ids)
+                own_id = printed if printed in ids else None
+                status = self._status(own_id or printed, attrs) if array_id or own_id else None
+                if status is not None and own_id:
+                    found[own_id] = status
+                if status is not None and array_id:
+                    tasks.setdefault(array_id, {})[int(subjob.group(2))] = status
+                continue
             job_id = requested_id(printed, ids)
             status = self._status(job_id, attrs) if job_id else None
             if status is not None:
                 found[job_id] = status
+        for array_id, listed in tasks.items():
+            found.setdefault(array_id, array_status(array_id, listed)).tasks = listed
         return found
 
     @staticmethod
@@ -218,13 +298,19 @@ class PbsScheduler(Scheduler):
         parts = {name: Partition(name, 0, 0, 0, 0, 0, 0) for name in queue_names(queues)}
         for node, attrs in parse_blocks("\n".join(nodes), jobs=False).items():
             cpus, used = node_cpus(node, attrs)
-            free = set(attrs.get("state", "").split(",")) == {"free"}
+            states = set(attrs.get("state", "").split(","))
+            free = states == {"free"}
+            idle = max(cpus - used, 0) if free else 0
+            if states == {"mixed"}:
+                # The Slurm Torque wrapper's word for a partly allocated node (testbed, 22.05: one 1-CPU
+                # job on 2 CPUs); it lists no jobs per node, so at least one CPU is taken and one idle.
+                idle = min(max(cpus - used, 1), cpus - 1) if cpus > 1 else 0
             # A PBS Pro node may name its queue; other nodes serve every queue.
             for part in [parts[attrs["queue"]]] if attrs.get("queue") in parts else parts.values():
                 part.total_nodes += 1
                 part.avail_nodes += int(free)
                 part.total_cpus += cpus
-                part.avail_cpus += max(cpus - used, 0) if free else 0
+                part.avail_cpus += idle
         for state, queue in job_list_states(jobs):
             if queue in parts and state == "R":
                 parts[queue].running_jobs += 1

@@ -1,9 +1,16 @@
-"""The SERRANO services as a bundled job template (pure: builds the payload script's text).
+"""The SERRANO services as the built-in job template ``serrano`` (pure: builds the payload script's text).
 
 The seed's ``POST /job`` with ``services`` and ``params`` runs the SERRANO executable four times:
 case -1 (clear binary data), case 0 (make binary input), the case derived from the services, and, when
 ``csv_output`` is 1, case 0 again with the CSV-packing flag set. The positional arguments are those of
-the original interface, in its order; every one is quoted once by :func:`hpc.shell.quote`.
+the original interface, in its order.
+
+The payload is :data:`TEMPLATE_BODY` rendered by :func:`hpc.schedulers.template.render`, the mechanism of
+every registered template: :func:`template_values` derives the placeholders' values from the request
+(each run's whole command line as an array, so every word is quoted once by the template's one helper),
+and an empty ``pack_csv_output`` leaves its line out when ``csv_output`` is 0. The output is
+byte-identical to the payload this module wrote before templates existed
+(``src/tests/fixtures/serrano/``, checked by ``test_serrano_wire.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from hpc.shell import quote
+from hpc.schedulers import template
 
 SIGNAL_SERVICES = ("kalman", "fft", "min_max", "savitzky_golay", "black_scholes", "wavelet")
 CLUSTERING_SERVICES = ("kmean", "knn")
@@ -120,8 +127,39 @@ def launcher_words(launcher: str, num_mpi_procs: int) -> list[str]:
     return shlex.split(launcher.replace("{num_mpi_procs}", str(int(num_mpi_procs)))) if launcher.strip() else []
 
 
-def render_payload(services: Sequence[str], params: Mapping[str, Any], *, home: str, launcher: str) -> str:
-    """The bash payload that runs the four SERRANO invocations from ``root_dir``.
+NAME = "serrano"
+DESCRIPTION = "The SERRANO services (POST /job with services and params); built in, read-only."
+
+TEMPLATE_BODY = """#!/bin/bash
+# SERRANO services: {{services}}
+set -eo pipefail
+cd {{root_dir}}
+{{clear_binary_data}}
+{{make_binary_input}}
+{{run_kernel}}
+{{pack_csv_output}}
+"""
+
+_COMMAND_LINE = {"type": "array", "items": {"type": "string"}, "description": "One run: launcher, executable, 27 arguments."}
+
+# The placeholders' values as template_values derives them (a request names services and params instead).
+PARAMETERS_SCHEMA = {
+    "type": "object",
+    "required": ["services", "root_dir", "clear_binary_data", "make_binary_input", "run_kernel", "pack_csv_output"],
+    "properties": {
+        "services": {"type": "array", "items": {"type": "string", "enum": list(SIGNAL_SERVICES + CLUSTERING_SERVICES)}},
+        "root_dir": {"type": "string", "description": "params.root_dir, ${HOME} expanded by the gateway."},
+        "clear_binary_data": {**_COMMAND_LINE, "description": "Case -1."},
+        "make_binary_input": {**_COMMAND_LINE, "description": "Case 0."},
+        "run_kernel": {**_COMMAND_LINE, "description": "The case derived from the services (or params.icase)."},
+        "pack_csv_output": {**_COMMAND_LINE, "description": "Case 0 with CSV packing; empty (line left out) "
+                                                            "when params.csv_output is 0."},
+    },
+}
+
+
+def template_values(services: Sequence[str], params: Mapping[str, Any], *, home: str, launcher: str) -> dict[str, Any]:
+    """The values of :data:`TEMPLATE_BODY`'s placeholders for one request.
 
     Args:
         services: Requested service names.
@@ -133,16 +171,20 @@ def render_payload(services: Sequence[str], params: Mapping[str, Any], *, home: 
     root_dir = resolve_home(params["root_dir"], home)
     prefix = launcher_words(launcher, params["num_mpi_procs"])
     executable = params["exe"] if params["exe"].startswith("/") else f"./{params['exe']}"
-    runs = [(-1, 0), (0, 0), (selected.case, 0)]
-    if int(params.get("csv_output", 1)) == 1:
-        runs.append((0, 1))
-    lines = [
-        "#!/bin/bash",
-        "# SERRANO services: " + " ".join(services).replace("\n", " "),
-        "set -eo pipefail",
-        f"cd {quote(root_dir)}",
-    ]
-    for case, pack in runs:
-        words = prefix + [executable] + arguments(case, selected.flags, params, root_dir, pack)
-        lines.append(" ".join(quote(word) for word in words))
-    return "\n".join(lines) + "\n"
+
+    def run(case: int, pack: int) -> list[str]:
+        return prefix + [executable] + arguments(case, selected.flags, params, root_dir, pack)
+
+    return {
+        "services": list(services),
+        "root_dir": root_dir,
+        "clear_binary_data": run(-1, 0),
+        "make_binary_input": run(0, 0),
+        "run_kernel": run(selected.case, 0),
+        "pack_csv_output": run(0, 1) if int(params.get("csv_output", 1)) == 1 else [],
+    }
+
+
+def render_payload(services: Sequence[str], params: Mapping[str, Any], *, home: str, launcher: str) -> str:
+    """The bash payload that runs the SERRANO invocations from ``root_dir`` (see :func:`template_values`)."""
+    return template.render(TEMPLATE_BODY, template_values(services, params, home=home, launcher=launcher))

@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+from hpc.schedulers.arrays import group_by_condition
 from hpc.schedulers.base import (
     JobSpec,
     JobState,
@@ -14,6 +15,7 @@ from hpc.schedulers.base import (
     Scheduler,
     SchedulerCommandError,
     SchedulerParseError,
+    array_status,
     check_directive_value,
     is_terminal,
     message_of,
@@ -57,9 +59,17 @@ STATES: dict[str, JobState] = {
 }
 
 # One field per column, each ending in "|" ("Name:|" = no padding, no truncation: tested on 22.05).
-# Reason is last because it is free text ("ReqNodeNotAvail, UnavailableNodes:localhost").
-STATUS_FORMAT = "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|"
+# Reason is last because it is free text ("ReqNodeNotAvail, UnavailableNodes:localhost"). JobArrayID is
+# the job id of a plain job and "<array id>_<index>" of an array task (one row per task with -r, the
+# pending ones included; without -r they would share a row "<id>_[2-5%2]").
+STATUS_FORMAT = "JobArrayID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|"
 JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?(\+[0-9]+)?")
+TASK_ROW = re.compile(r"([0-9]+)_([0-9]+)")
+# sbatch(1) --dependency types for the gateway's conditions.
+DEPENDENCY_TYPES = {"ok": "afterok", "notok": "afternotok", "any": "afterany"}
+# squeue(1) reason of a pending job whose dependency can never be satisfied (a predecessor ended the
+# wrong way; tested on 22.05: the job stays PENDING with this reason until cancelled).
+NEVER_SATISFIED = "DependencyNeverSatisfied"
 SUBMIT_ID = re.compile(r"([0-9]+)(;\S+)?")  # sbatch --parsable prints "id" or "id;cluster"
 # Benign "already gone" texts of scancel (printed only with -v; rc stays 0 on 22.05).
 _GONE = ("Invalid job id specified", "Job/step already completing or completed")
@@ -115,7 +125,28 @@ class SlurmScheduler(Scheduler):
             opts.append(f"--account={quote(res.account)}")
         opts.append(f"--output={_path('stdout', spec.stdout_path)}")
         opts.append(f"--error={_path('stderr', spec.stderr_path)}")
+        if spec.array is not None:
+            opts.append(f"--array={spec.array.text}")
+            opts.append("--open-mode=append")  # every task's scheduler messages kept, not the last one's
+        if spec.dependencies:
+            opts.append(self.dependency_option(spec.dependencies))
         return [f"#SBATCH {opt}" for opt in opts]
+
+    def dependency_option(self, dependencies) -> str:
+        """``--dependency=afterok:1:2,afternotok:3``: every listed condition must hold (``,`` is AND in
+        sbatch(1)). An array's id stands for all its tasks."""
+        self.check_dependencies(dependencies)
+        _check_ids([d.scheduler_id for d in dependencies])
+        return "--dependency=" + ",".join(
+            ":".join([DEPENDENCY_TYPES[condition], *(d.scheduler_id for d in deps)])
+            for condition, deps in group_by_condition(dependencies).items()
+        )
+
+    def array_task_lines(self, spec: JobSpec) -> list[str]:
+        return ['HPC_ARRAY_TASK_ID="$SLURM_ARRAY_TASK_ID"', 'hpc_task_job_id="$SLURM_JOB_ID"']
+
+    def never_satisfied(self, status: NativeStatus) -> bool:
+        return status.state is JobState.QUEUED and (status.reason or "").startswith(NEVER_SATISFIED)
 
     def submit_command(self, spec: JobSpec, script_path: str) -> tuple[str, bytes | None]:
         # script_path is unused: the script goes to sbatch on stdin, so no upload is needed.
@@ -128,9 +159,10 @@ class SlurmScheduler(Scheduler):
             raise SchedulerCommandError(message_of(stdout, stderr))
         return match.group(1)
 
-    def status_command(self, ids: Sequence[str]) -> str:
-        # -t all: finished jobs are listed (until MinJobAge) only with it, also with -j.
-        return f"squeue -h -t all -j {quote(','.join(_check_ids(ids)))} -O {quote(STATUS_FORMAT)}"
+    def status_command(self, ids: Sequence[str], arrays: Sequence[str] = ()) -> str:
+        # -t all: finished jobs are listed (until MinJobAge) only with it, also with -j. -r: one row per
+        # array task. An array's id selects all its tasks.
+        return f"squeue -r -h -t all -j {quote(','.join(_check_ids(ids)))} -O {quote(STATUS_FORMAT)}"
 
     def parse_status(self, exit_code: int, stdout: str, stderr: str, ids: Sequence[str]) -> dict[str, NativeStatus]:
         if exit_code != 0:
@@ -141,6 +173,7 @@ class SlurmScheduler(Scheduler):
             raise SchedulerParseError(message_of(stdout, stderr))
         wanted = set(ids)
         found: dict[str, NativeStatus] = {}
+        tasks: dict[str, dict[int, NativeStatus]] = {}
         lines = [line for line in (stdout or "").splitlines() if line.strip()]
         for line in lines:
             fields = line.split("|", 5)
@@ -148,8 +181,14 @@ class SlurmScheduler(Scheduler):
                 log.warning("squeue: skipping unparsable line %r", line)
                 continue
             job_id, native, raw_exit, start, end, reason = (f.strip() for f in fields)
-            if job_id in wanted:
+            task = TASK_ROW.fullmatch(job_id)
+            if task and task.group(1) in wanted:
+                tasks.setdefault(task.group(1), {})[int(task.group(2))] = self._status(
+                    job_id, native, raw_exit, start, end, reason.removesuffix("|"))
+            elif job_id in wanted:
                 found[job_id] = self._status(job_id, native, raw_exit, start, end, reason.removesuffix("|"))
+        for array_id, listed in tasks.items():
+            found[array_id] = array_status(array_id, listed)
         if lines and not found and not any(line.count("|") >= 5 for line in lines):
             raise SchedulerParseError(f"squeue output not in the expected format: {lines[0][:200]!r}")
         return found

@@ -151,6 +151,7 @@ class BatchService:
             self.store.batch_files.insert_many(batch_id, listing)
         row = self.store.batches.insert({
             "id": batch_id, "kind": kind, "infrastructure": infra["name"], "owner": principal.name,
+            "credential": principal.credential,
             "parent": parent, "options": options, "secrets_enc": self.transfers.encrypt(secrets),
             "state": "queued", "reason": "", "files_total": len(listing) if listing is not None else None,
             "files_done": 0, "files_failed": 0, "bytes_done": 0, "attempts": 0,

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from hpc.config import Config
 from hpc.errors import ClusterUnavailable, Conflict, InvalidInput, NotFound
 from hpc.security import Principal, SecretBox
+from hpc.services import metrics
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.staging.addresses import AddressPolicy, check_url, default_port, loggable_url, parse_networks, redact_url
@@ -275,6 +276,7 @@ class TransferService:
                 "infrastructure": infra["name"],
                 "owner": principal.name,
                 "parent": parent,
+                "credential": principal.credential,
                 "secrets_enc": self.encrypt(secrets),
                 "state": "queued",
                 "reason": "",
@@ -312,6 +314,10 @@ class TransferService:
                                       name=f"transfers-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def workers(self) -> tuple[int, int]:
+        """Worker threads alive, and started (0, 0 before start or without background work)."""
+        return sum(thread.is_alive() for thread in self._threads), len(self._threads)
 
     def join(self, timeout: float) -> None:
         self._wake.set()
@@ -381,6 +387,7 @@ class TransferService:
             control.check()
             result = pipeline.run()
             tracker.finish()
+            tracker.moved(result.size)
             elapsed = max(time.monotonic() - started, 1e-6)
             log.info("transfer %s: completed, %d bytes in %.2fs (%.1f MB/s this run), sha256 %s", transfer_id,
                      result.size, elapsed, result.size / elapsed / 1e6, result.sha256)
@@ -460,6 +467,8 @@ class Tracker:
                        "retries": 0}
         self._dirty_checkpoint = False
         self._written = 0.0
+        self._where = (row["infrastructure"], row["kind"])
+        self._counted = row["bytes_done"] or 0  # bytes already in hpc_transfer_bytes_total
         self.lost = False
         self.extra: Callable[[], dict[str, Any]] | None = None  # more columns to write (a batch's counts)
         self._thread = threading.Thread(target=self._run, name=f"keeper-{self.id[:8]}", daemon=True)
@@ -485,6 +494,7 @@ class Tracker:
     def flush(self) -> None:
         """Writes the progress (and the checkpoint if it moved), renewing the lease; ``lost`` if it is gone."""
         with self._lock:
+            self.moved(self._state["done"])
             self._meter.add(time.monotonic(), self._state["done"])
             state = "verifying" if self._state["phase"] == "verifying" else "transferring"
             values: dict[str, Any] = {
@@ -568,9 +578,22 @@ class Tracker:
             return "failed", f"internal error: {type(exc).__name__}"
         raise exc
 
-    def end(self, state: str, reason: str, **values: Any) -> None:
+    def moved(self, done: int) -> None:
+        """Counts the bytes moved since the last count in ``hpc_transfer_bytes_total`` (a leg restarted
+        from an earlier offset moves some again: those count again)."""
+        with self._lock:
+            metrics.transfer_moved(*self._where, done - self._counted)
+            self._counted = done
+
+    def end(self, state: str, reason: str, **values: Any) -> bool:
+        """Records the outcome (only while this runner holds the lease; False if it does not) and tells the
+        listeners. A transfer's outcome is counted in ``hpc_transfers_ended_total`` (a batch's is not: it
+        is many files)."""
         if self.extra is not None:
             values = {**self.extra(), **values}
-        self.write(state=state, reason=reason, ended_at=utcnow(), secrets_enc=None, checkpoint=None,
-                   lease_owner=None, lease_until=None, **({"rate": None} | values))
+        ended = self.write(state=state, reason=reason, ended_at=utcnow(), secrets_enc=None, checkpoint=None,
+                           lease_owner=None, lease_until=None, **({"rate": None} | values))
+        if ended and self._what == "transfer":
+            metrics.transfer_ended(*self._where, state)
         self._service.notify(self._what, self._repository.get(self.id))
+        return ended

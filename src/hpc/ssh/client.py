@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE
@@ -108,6 +108,7 @@ class SSHConnection:
         self._server_key: paramiko.PKey | None = None
         # Key accepted on first use: later reconnects must see the same one.
         self._tofu_key: paramiko.PKey | None = None
+        self._retired = False  # replaced in its pool: never reconnects
 
     def __repr__(self) -> str:
         t = self.target
@@ -169,6 +170,21 @@ class SSHConnection:
         if t is not None:
             t.close()
 
+    def retire(self, grace: float) -> None:
+        """Close once the commands and SFTP sessions in progress have ended, or after ``grace`` seconds;
+        from now on the connection never reconnects (its pool holds a new one for the same key)."""
+        self._retired = True
+        slots = max(1, self.target.max_channels)
+        deadline = time.monotonic() + grace
+        taken = 0
+        try:
+            while taken < slots and self._channels.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                taken += 1
+        finally:
+            self.close()
+            for _ in range(taken):
+                self._channels.release()
+
     def open_dedicated(self) -> SSHConnection:
         """Open a new, separate transport to the same target (for parallel bulk transfers).
 
@@ -193,6 +209,9 @@ class SSHConnection:
                 if t is not None:
                     t.close()
                 self._transport = None
+                if self._retired:
+                    raise SSHChannelError(f"the connection to {self.target.host}:{self.target.port} was replaced "
+                                          "(its infrastructure changed)")
                 t = self._open_transport()
                 self._transport = t
             return t
@@ -559,7 +578,7 @@ class SSHPool:
     def __init__(self, data_engine: str = "auto", io_timeout: float = 60.0, command_timeout: float = 60.0) -> None:
         self._lock = threading.Lock()
         self._connections: dict[str, SSHConnection] = {}
-        self._files: dict[str, object] = {}
+        self._files: dict[str, tuple[SSHConnection, Any]] = {}  # key -> (pooled connection, its ClusterFiles)
         self.data_engine = data_engine
         self.io_timeout = io_timeout
         self.command_timeout = command_timeout
@@ -586,26 +605,44 @@ class SSHPool:
             stale.close()
         return conn
 
-    def files(self, key: str, target: SSHTarget):
-        """The :class:`~hpc.ssh.files.ClusterFiles` over the connection of ``key`` (kept with it)."""
+    def files(self, key: str, target: SSHTarget, view: Callable[[SSHConnection], Any] | None = None):
+        """The :class:`~hpc.ssh.files.ClusterFiles` over the connection of ``key`` (kept with it).
+
+        ``view`` wraps the connection the files use for commands and sessions (the service's metered view
+        of it); the pooled connection is what decides whether the kept files are still current.
+        """
         from hpc.ssh.files import ClusterFiles
 
         conn = self.get(key, target)
         with self._lock:
-            files = self._files.get(key)
-            if files is not None and files.connection is conn:
+            pooled, files = self._files.get(key, (None, None))
+            if files is not None and pooled is conn:
                 return files
-            stale, files = files, ClusterFiles(conn, self.data_engine, self.io_timeout, self.command_timeout)
-            self._files[key] = files
+            stale = files
+            files = ClusterFiles(view(conn) if view else conn, self.data_engine, self.io_timeout,
+                                 self.command_timeout)
+            self._files[key] = (conn, files)
         if stale is not None:
             stale.close()
         return files
+
+    def retire(self, key: str, grace: float) -> None:
+        """Forget the connection of ``key`` at once (the next :meth:`get` opens a new one) and close it in
+        the background once the commands and SFTP sessions using it have ended, or after ``grace`` seconds:
+        what runs when an infrastructure's connection changes is not cut off."""
+        with self._lock:
+            conn = self._connections.pop(key, None)
+            _, files = self._files.pop(key, (None, None))
+        if files is not None:
+            files.close()  # its idle data sessions were opened with the old settings; those in use run on
+        if conn is not None:
+            threading.Thread(target=conn.retire, args=(grace,), name=f"ssh-retire-{key}", daemon=True).start()
 
     def drop(self, key: str) -> None:
         """Close and forget the connection of ``key`` (no error if absent)."""
         with self._lock:
             conn = self._connections.pop(key, None)
-            files = self._files.pop(key, None)
+            _, files = self._files.pop(key, (None, None))
         if files is not None:
             files.close()
         if conn is not None:
@@ -615,7 +652,7 @@ class SSHPool:
         """Close and forget every connection."""
         with self._lock:
             conns = list(self._connections.values())
-            files = list(self._files.values())
+            files = [item for _, item in self._files.values()]
             self._connections.clear()
             self._files.clear()
         for item in files + conns:

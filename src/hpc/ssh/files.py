@@ -32,6 +32,7 @@ from hpc.transport import (
     CommandResult,
     FileHashes,
     FileInfo,
+    NotADirectory,
     RemoteFileError,
     TransportError,
 )
@@ -90,6 +91,7 @@ class ClusterFiles:
         self.where = f"{connection.target.username}@{connection.target.host}:{connection.target.port}"
         self._lock = threading.Lock()
         self._idle: list[SFTPSession] = []
+        self._closed = False  # closed (its connection replaced or dropped): sessions given back are closed
         self._openssh: openssh.OpenSSHEngine | None = None
         self._engine_lock = threading.Lock()
         self.sessions_opened = 0
@@ -154,7 +156,7 @@ class ClusterFiles:
     def _release(self, session: SFTPSession) -> None:
         if session.alive:
             with self._lock:
-                if len(self._idle) < _IDLE_SESSIONS:
+                if not self._closed and len(self._idle) < _IDLE_SESSIONS:
                     self._idle.append(session)
                     return
         session.close()
@@ -171,7 +173,9 @@ class ClusterFiles:
         return result
 
     def close(self) -> None:
+        """Closes the idle sessions; those in use run on and are closed when given back."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for session in idle:
             session.close()
@@ -205,8 +209,8 @@ class ClusterFiles:
                 info = session.stat(current)
                 if info is not None:
                     if not info.is_dir:
-                        raise RemoteFileError(f"creating {path} on the cluster: {current} exists and is not a "
-                                              "directory", FAILURE, current)
+                        raise NotADirectory(f"creating {path} on the cluster: {current} exists and is not a "
+                                            "directory", current)
                     break
                 missing.append(current)
                 current = posixpath.dirname(current)

@@ -1,6 +1,6 @@
 """Persistence: SQLAlchemy Core tables behind small repository classes."""
 
-from hpc.store.db import SCHEMA_VERSION, SchemaError, make_engine, migrate
+from hpc.store.db import SchemaError, current_revision, head_revision, make_engine, migrate
 from hpc.store.repositories import DuplicateKey, Store
 
 
@@ -11,4 +11,5 @@ def open_store(url: str) -> Store:
     return Store(engine)
 
 
-__all__ = ["SCHEMA_VERSION", "SchemaError", "DuplicateKey", "Store", "make_engine", "migrate", "open_store"]
+__all__ = ["SchemaError", "DuplicateKey", "Store", "current_revision", "head_revision", "make_engine", "migrate",
+           "open_store"]

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hpc.store import tables
+from hpc.store.events import DeliveryRepository, EventLog, SubscriptionRepository, watched_columns
+from hpc.store.admin import AuditRepository, CensusRepository, GenerationRepository, TokenRepository
 from hpc.store.tables import utcnow
 
 
@@ -27,10 +29,15 @@ def _row(row) -> dict[str, Any] | None:
 
 
 class _Repository:
+    """Inserts and updates that write a column watched for events (``hpc.store.events.RULES``) go through
+    the event log, which records the events in the same transaction."""
+
     table: sa.Table
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, events: EventLog | None = None):
         self.engine = engine
+        self.events = events
+        self._watched = watched_columns(self.table.name) if events is not None else frozenset()
 
     @property
     def _key(self) -> sa.Column:
@@ -38,8 +45,11 @@ class _Repository:
 
     def insert(self, values: dict[str, Any]) -> dict[str, Any]:
         try:
-            with self.engine.begin() as conn:
-                conn.execute(self.table.insert().values(**values))
+            if self._watched & set(values):
+                self.events.insert_row(self.table, values)
+            else:
+                with self.engine.begin() as conn:
+                    conn.execute(self.table.insert().values(**values))
         except sa.exc.IntegrityError:
             raise DuplicateKey(values[self._key.name]) from None
         return self.get(values[self._key.name])
@@ -57,6 +67,8 @@ class _Repository:
     def update(self, key: str, where: Iterable[sa.ColumnElement] = (), **values: Any) -> bool:
         """Updates one row, optionally only if ``where`` holds; True if a row changed."""
         values.setdefault("updated_at", utcnow())
+        if self._watched & set(values):
+            return self.events.update_row(self.table, key, where, values)
         statement = self.table.update().where(self._key == key, *where).values(**values)
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
@@ -166,6 +178,18 @@ class JobRepository(_Repository):
             ).all()
         return [_row(r) for r in rows]
 
+    def poll_due(self, infrastructure: str, now: datetime, terminal: Iterable[str]) -> bool:
+        """Whether a submitted, unfinished job of the infrastructure is due for a status check or has a
+        cancel to send."""
+        c = self.table.c
+        due = sa.or_(c.next_poll_at.is_(None), c.next_poll_at <= now,
+                     sa.and_(c.cancel_requested.is_(True), c.cancel_sent_at.is_(None)))
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(c.id).where(c.infrastructure == infrastructure, c.state.not_in(list(terminal)),
+                                      c.scheduler_id.is_not(None), c.scheduler_id != "", due).limit(1)
+            ).first() is not None
+
     def active_infrastructures(self, terminal: Iterable[str]) -> list[str]:
         c = self.table.c
         with self.engine.connect() as conn:
@@ -194,6 +218,136 @@ class JobRepository(_Repository):
             if taken:
                 claimed.append(self.get(job_id))
         return claimed
+
+
+class JobTaskRepository:
+    """The tasks of array jobs (``job_tasks``): written in bulk, counted per state, read by pages."""
+
+    table = tables.job_tasks
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_missing(self, job_id: str, indexes: Iterable[int], state: str = "queued") -> int:
+        """Adds a row in ``state`` for each index the job has no row for yet; how many were added."""
+        c = self.table.c
+        indexes = list(indexes)
+        with self.engine.begin() as conn:
+            present = set(conn.execute(sa.select(c.task_index).where(c.job_id == job_id)).scalars())
+            now = utcnow()
+            rows = [{"job_id": job_id, "task_index": i, "state": state, "missing_polls": 0, "updated_at": now}
+                    for i in indexes if i not in present]
+            for start in range(0, len(rows), 5000):
+                conn.execute(self.table.insert(), rows[start:start + 5000])
+        return len(rows)
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c.state, sa.func.count()).where(c.job_id == job_id).group_by(c.state)).all()
+        return {state: count for state, count in rows}
+
+    def get(self, job_id: str, index: int) -> dict[str, Any] | None:
+        c = self.table.c
+        with self.engine.connect() as conn:
+            return _row(conn.execute(sa.select(self.table).where(c.job_id == job_id, c.task_index == index)).first())
+
+    def unfinished(self, job_id: str, ended: Iterable[str]) -> list[dict[str, Any]]:
+        """The job's tasks not in an ``ended`` state, by index."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(c.job_id == job_id, c.state.not_in(list(ended)))
+                                .order_by(c.task_index)).all()
+        return [_row(r) for r in rows]
+
+    def page(self, job_id: str, *, state: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        c = self.table.c
+        conditions = [c.job_id == job_id] + ([c.state == state] if state else [])
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(self.table).where(*conditions)).scalar_one()
+            rows = conn.execute(sa.select(self.table).where(*conditions).order_by(c.task_index)
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def update_many(self, job_id: str, changes: dict[int, dict[str, Any]], ended: Iterable[str]) -> int:
+        """Applies ``{index: values}`` in one transaction; a task already in an ``ended`` state is never
+        changed again. How many rows changed."""
+        c = self.table.c
+        ended = list(ended)
+        now = utcnow()
+        changed = 0
+        with self.engine.begin() as conn:
+            for index, values in changes.items():
+                statement = (self.table.update()
+                             .where(c.job_id == job_id, c.task_index == index, c.state.not_in(ended))
+                             .values(updated_at=now, **values))
+                changed += conn.execute(statement).rowcount
+        return changed
+
+    def end_unfinished(self, job_id: str, ended: Iterable[str], **values: Any) -> int:
+        """Ends every task not ended yet with ``values`` (e.g. a cancelled array's tasks that never ran)."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            return conn.execute(self.table.update().where(c.job_id == job_id, c.state.not_in(list(ended)))
+                                .values(updated_at=utcnow(), **values)).rowcount
+
+
+class JobDependencyRepository:
+    """What jobs wait for (``job_dependencies``)."""
+
+    table = tables.job_dependencies
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """Writes one job's dependencies, replacing what an interrupted earlier attempt at the same job id
+        (a reserved one, asked again) left behind."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.delete().where(self.table.c.job_id.in_({row["job_id"] for row in rows})))
+                conn.execute(self.table.insert(), rows)
+
+    def for_jobs(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each job's dependencies in request order."""
+        c = self.table.c
+        job_ids = list(job_ids)
+        found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return found
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(c.job_id.in_(job_ids))
+                                .order_by(c.job_id, c.position)).all()
+        for row in rows:
+            found[row.job_id].append(_row(row))
+        return found
+
+    def pending(self, terminal: Iterable[str], held: str = "held") -> list[dict[str, Any]]:
+        """Undecided dependencies of jobs that have not ended, and every dependency of a ``held`` job
+        (one whose dependencies were all decided, by a gateway stopped before it released the job), with
+        the state of the job (``job_*``) and of its target (``target_*``; None when it does not exist)."""
+        d, j = self.table.c, tables.jobs.c
+        target = tables.jobs.alias("target")
+        t = target.c
+        statement = (
+            sa.select(self.table, j.state.label("job_state"), j.infrastructure.label("job_infrastructure"),
+                      j.owner.label("job_owner"), t.state.label("target_state"),
+                      t.scheduler_id.label("target_scheduler_id"), t.infrastructure.label("target_infrastructure"),
+                      t.spec.label("target_spec"))
+            .join(tables.jobs, j.id == d.job_id)
+            .join(target, t.id == d.target_id, isouter=True)
+            .where(sa.or_(d.state == "pending", j.state == held), d.kind == "job", j.state.not_in(list(terminal)))
+            .order_by(d.job_id, d.position)
+        )
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(statement).all()]
+
+    def update(self, job_id: str, position: int, **values: Any) -> bool:
+        c = self.table.c
+        values.setdefault("updated_at", utcnow())
+        with self.engine.begin() as conn:
+            return conn.execute(self.table.update().where(c.job_id == job_id, c.position == position)
+                                .values(**values)).rowcount == 1
 
 
 class _LeasedWork(_Repository):
@@ -233,15 +387,70 @@ class _LeasedWork(_Repository):
         """Ends a transfer no worker ever started (nothing to clean up); True if it was such a one."""
         c = self.table.c
         now = utcnow()
-        statement = (
-            self.table.update()
-            .where(c.id == transfer_id, c.state == "queued", c.started_at.is_(None),
-                   sa.or_(c.lease_owner.is_(None), c.lease_until < now))
-            .values(state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now,
-                    updated_at=now)
+        return self.update(
+            transfer_id,
+            [c.state == "queued", c.started_at.is_(None), sa.or_(c.lease_owner.is_(None), c.lease_until < now)],
+            state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now, updated_at=now,
         )
+
+
+class TemplateRepository:
+    """Versions of job templates, keyed by (name, version)."""
+
+    table = tables.job_templates
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Writes one version; a new version clears the template's deprecation (all versions)."""
+        c = self.table.c
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.insert().values(**values))
+                conn.execute(self.table.update().where(c.name == values["name"]).values(deprecated_at=None))
+        except sa.exc.IntegrityError:
+            raise DuplicateKey(f"{values['name']} version {values['version']}") from None
+        return self.get(values["name"], values["version"])
+
+    def get(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """One version, the newest when ``version`` is None."""
+        c = self.table.c
+        statement = sa.select(self.table).where(c.name == name)
+        statement = statement.where(c.version == version) if version is not None else \
+            statement.order_by(c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return _row(conn.execute(statement).first())
+
+    def latest(self, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest version of every template, by name, and how many templates there are."""
+        c = self.table.c
+        newest = sa.select(c.name, sa.func.max(c.version).label("version")).group_by(c.name).subquery()
+        joined = self.table.join(newest, sa.and_(c.name == newest.c.name, c.version == newest.c.version))
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(newest)).scalar_one()
+            rows = conn.execute(sa.select(self.table).select_from(joined).order_by(c.name)
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def versions(self, name: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The versions of one template, newest first, and how many there are."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).where(c.name == name)).scalar_one()
+            rows = conn.execute(sa.select(self.table).where(c.name == name).order_by(c.version.desc())
+                                .limit(limit).offset(offset)).all()
+        return [_row(r) for r in rows], total
+
+    def deprecate(self, name: str, when: datetime) -> bool:
+        """Stamps every version of ``name`` deprecated (the first stamp is kept); True if it exists."""
+        c = self.table.c
         with self.engine.begin() as conn:
-            return conn.execute(statement).rowcount == 1
+            found = conn.execute(sa.select(sa.func.count()).where(c.name == name)).scalar_one()
+            conn.execute(self.table.update().where(c.name == name, c.deprecated_at.is_(None))
+                         .values(deprecated_at=when))
+        return found > 0
+
 
 class TransferRepository(_LeasedWork):
     table = tables.transfers
@@ -320,11 +529,21 @@ class Store:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.events = EventLog(engine)
         self.infrastructures = InfrastructureRepository(engine)
-        self.jobs = JobRepository(engine)
-        self.transfers = TransferRepository(engine)
+        self.jobs = JobRepository(engine, self.events)
+        self.tasks = JobTaskRepository(engine)
+        self.dependencies = JobDependencyRepository(engine)
+        self.transfers = TransferRepository(engine, self.events)
         self.batches = BatchRepository(engine)
         self.batch_files = BatchFileRepository(engine)
+        self.subscriptions = SubscriptionRepository(engine, self.events)
+        self.deliveries = DeliveryRepository(engine)
+        self.templates = TemplateRepository(engine)
+        self.generations = GenerationRepository(engine)
+        self.tokens = TokenRepository(engine, self.generations)
+        self.audit = AuditRepository(engine)
+        self.census = CensusRepository(engine)
 
     @property
     def dialect(self) -> str:

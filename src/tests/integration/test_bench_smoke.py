@@ -19,6 +19,8 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
     ("sftp.py", "gateway SSH layer put"),
     ("e2e.py", "s3 -> cluster"),
     ("alternatives.py", "paramiko engine put"),
+    ("events.py", "webhook deliveries"),
+    ("replicas.py", "takeover after kill -9"),
 ])
 def test_benchmark_smoke_run(testbed, script, expect):
     result = subprocess.run([sys.executable, str(BENCH / script), "--smoke"], capture_output=True, text=True,
@@ -26,3 +28,10 @@ def test_benchmark_smoke_run(testbed, script, expect):
     assert result.returncode == 0, result.stdout + result.stderr
     assert expect in result.stdout
     assert "ratio" in result.stdout
+
+
+def test_api_ab_smoke_run(testbed):
+    result = subprocess.run([sys.executable, str(BENCH / "api_ab.py"), "--smoke", "--base", "HEAD"],
+                            capture_output=True, text=True, timeout=240, cwd=BENCH.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ratio working tree / HEAD: throughput" in result.stdout

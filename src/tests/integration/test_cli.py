@@ -22,19 +22,19 @@ import uuid
 import boto3
 import pytest
 
-from tests.support import REPO, TESTBED_ENV, infrastructure_body, new_gateway, read_env_file
+from tests.support import REPO, TESTBED_ENV, TESTBED_INFRASTRUCTURES, infrastructure_body, new_gateway, read_env_file
 
 pytestmark = pytest.mark.integration
 
-SCHEDULERS = ["tb-slurm", "tb-pbs"]
+SCHEDULERS = [name for name, _ in TESTBED_INFRASTRUCTURES]
 
 
 @pytest.fixture(scope="module")
 def gateway(testbed, tmp_path_factory):
-    """One gateway for the module, with the testbed registered as tb-slurm and tb-pbs."""
+    """One gateway for the module, with the testbed registered as tb-slurm, tb-pbs and tb-sge."""
     process = new_gateway(testbed, tmp_path_factory.mktemp("cli-gateway"))
     try:
-        for name, scheduler in (("tb-slurm", "slurm"), ("tb-pbs", "pbs")):
+        for name, scheduler in TESTBED_INFRASTRUCTURES:
             response = process.post("/infrastructure", infrastructure_body(testbed, name, scheduler))
             assert response.status_code == 201
         yield process
@@ -124,6 +124,27 @@ def test_job_submit_wait_json_and_logs(gateway, infra):
     assert re.search(r"state\s+completed", human.stdout) is not None
 
 
+def test_array_and_dependency_from_the_command_line(gateway):
+    array = cli_json(gateway, "job", "submit", "-i", "tb-sge", "--array", "0-3%2", "--watch-period", "0.5",
+                     "--", "bash", "-c", 'echo "i=$HPC_ARRAY_TASK_ID"; [ "$HPC_ARRAY_TASK_ID" != 2 ]', token="user")
+    assert array["array"] == {"spec": "0-3%2", "size": 4, "counts": {"queued": 4}}
+    after = cli_json(gateway, "job", "submit", "-i", "tb-slurm", "--after", f"{array['id']}:notok",
+                     "--after", array["id"] + ":any", "--watch-period", "0.5", "--", "echo", "after", token="user")
+    assert (after["state"], [(d["job"], d["condition"]) for d in after["after"]]) == (
+        "held", [(array["id"], "notok"), (array["id"], "any")])
+    waited = cli(gateway, "job", "wait", after["id"], array["id"], "--poll", "0.3", token="user")
+    assert waited.returncode == 1  # the array failed (task 2), the dependant completed
+    assert re.search(r"tasks 3 completed 1 failed of 4, exit code 1", waited.stdout) is not None
+    tasks = cli(gateway, "job", "tasks", array["id"], "--state", "failed", token="user")
+    assert re.search(r"^2\s+failed\s+1\s", tasks.stdout, re.M) is not None
+    assert cli(gateway, "job", "logs", array["id"], "--task", "2", token="user").stdout == "i=2\n"
+    assert cli(gateway, "job", "logs", after["id"], token="user").stdout == "after\n"
+    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--after", "x:maybe", "--", "true", token="user")
+    assert (bad.returncode, "does not read ID[:ok|notok|any]" in bad.stderr) == (2, True)
+    refused = cli(gateway, "job", "submit", "-i", "tb-slurm", "--array", "3-1", "--", "true", token="user")
+    assert (refused.returncode, "array" in refused.stderr) == (3, True)
+
+
 def test_failed_job_exits_1_and_says_why(gateway, tmp_path):
     # (a failing job on tb-slurm through the CLI: examples/06_cli_tour.sh, run by test_examples.py)
     infra = "tb-pbs"
@@ -172,9 +193,10 @@ def test_usage_api_and_connection_errors_have_their_exit_codes(gateway):
                "--access-key", "a", "--secret-key", "b").returncode == 2
     missing = cli(gateway, "job", "show", str(uuid.uuid4()), "--json")
     assert (missing.returncode, json.loads(missing.stdout)["status"]) == (3, 404)
-    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--walltime", "1 hour", "--json", "--", "true")
-    assert (bad.returncode, json.loads(bad.stdout)["field"]) == (3, "resources.walltime")
-    assert "resources.walltime" in bad.stderr
+    assert cli(gateway, "job", "submit", "-i", "tb-slurm", "--walltime", "1 hour", "--", "true").returncode == 2
+    bad = cli(gateway, "job", "submit", "-i", "tb-slurm", "--partition", "a b", "--json", "--", "true")
+    assert (bad.returncode, json.loads(bad.stdout)["field"]) == (3, "resources.partition")
+    assert "resources.partition" in bad.stderr
     denied = cli(gateway, "job", "list", token="admin", HPC_TOKEN="wrong")
     assert (denied.returncode, "401" in denied.stderr) == (3, True)
     unreachable = cli(gateway, "infra", "list", "--url", "http://127.0.0.1:9")
@@ -183,11 +205,13 @@ def test_usage_api_and_connection_errors_have_their_exit_codes(gateway):
 
 def test_infra_commands(gateway, testbed, tmp_path):
     names = [entry["name"] for entry in cli_json(gateway, "infra", "list")]
-    assert names == ["tb-pbs", "tb-slurm"]
+    assert names == ["tb-pbs", "tb-sge", "tb-slurm"]
     shown = cli_json(gateway, "infra", "show", "tb-slurm")
     assert (shown["scheduler"], shown["host_key_fingerprint"]) == ("slurm", testbed["TESTBED_HOST_KEY_FINGERPRINT"])
     telemetry = cli_json(gateway, "infra", "telemetry", "tb-pbs")
     assert telemetry["partitions"][0]["name"] == testbed["TESTBED_SLURM_PARTITION"]
+    queues = cli_json(gateway, "infra", "telemetry", "tb-sge")
+    assert (queues["scheduler"], queues["partitions"][0]["name"]) == ("sge", testbed["TESTBED_SGE_QUEUE"])
     added = cli_json(gateway, "infra", "add", "cli-extra", "--host", testbed["TESTBED_SSH_HOST"],
                      "--port", testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"],
                      "--scheduler", "slurm", "--key", "id_ed25519_pw", "--setting", "mpi_launcher=",
@@ -200,6 +224,11 @@ def test_infra_commands(gateway, testbed, tmp_path):
                     testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"], "--scheduler", "pbs",
                     "--key", "no-such-key", "--json")
     assert (wrong_key.returncode, json.loads(wrong_key.stdout)["field"]) == (3, "ssh_key.path")
+    grid = cli_json(gateway, "infra", "add", "cli-sge", "--host", testbed["TESTBED_SSH_HOST"], "--port",
+                    testbed["TESTBED_SSH_PORT"], "--user", testbed["TESTBED_SSH_USER"], "--scheduler", "sge",
+                    "--key", "id_ed25519", "--setting", f'command_setup_lines=[". {testbed["TESTBED_SGE_SETTINGS"]}"]')
+    assert (grid["scheduler"], grid["settings"]["command_setup_lines"]) == ("sge", [f". {testbed['TESTBED_SGE_SETTINGS']}"])
+    assert cli(gateway, "infra", "rm", "cli-sge").returncode == 0
     as_user = cli(gateway, "infra", "rm", "cli-extra", token="user")
     assert (as_user.returncode, "403" in as_user.stderr) == (3, True)
     removed = cli(gateway, "infra", "rm", "cli-extra")
@@ -208,7 +237,7 @@ def test_infra_commands(gateway, testbed, tmp_path):
     subprocess.run([sys.executable, str(REPO / "examples" / "make_fixture.py"), str(fixture), "--key", "id_ed25519"],
                    check=True, capture_output=True)
     again = cli_json(gateway, "infra", "add", "--from-file", str(fixture), "--exist-ok")
-    assert [record["name"] for record in again] == ["tb-slurm", "tb-pbs"]
+    assert [record["name"] for record in again] == ["tb-slurm", "tb-pbs", "tb-sge"]
     table = cli(gateway, "infra", "list")
     assert re.search(r"tb-slurm\s+slurm\s+hpcuser@127\.0\.0\.1:2222", table.stdout) is not None
 

@@ -65,19 +65,21 @@ def registered(setup) -> None:
 
 def test_01_register_infrastructure(setup):
     first = run_example(setup, "01_register_infrastructure.py")
-    assert first.stdout.count("registered: ") == 2
-    assert "registered now: tb-pbs, tb-slurm" in first.stdout
+    assert first.stdout.count("registered: ") == 3
+    assert "registered now: tb-pbs, tb-sge, tb-slurm" in first.stdout
+    assert "partition all.q: " in first.stdout  # Grid Engine's queue, from qstat -f
     again = run_example(setup, "01_register_infrastructure.py")
-    assert again.stdout.count("already registered") == 2
+    assert again.stdout.count("already registered") == 3
 
 
 def test_02_submit_and_wait(setup):
     registered(setup)
     result = run_example(setup, "02_submit_and_wait.py")
-    assert result.stdout.count("example-fails on") == 2
+    assert result.stdout.count("example-fails on") == 3
     assert "example-cancel: state cancelled" in result.stdout
     # progress: a state line per change, on stderr (not a terminal here)
     assert "on tb-pbs: completed" in result.stderr
+    assert "on tb-sge: completed" in result.stderr
 
 
 def test_03_http_transfers(setup):
@@ -106,3 +108,16 @@ def test_06_cli_tour(setup):
     assert "exit code 1 (1: the job ended without success)" in result.stdout
     assert "state completed exit code 0" in result.stdout
     assert "s3://hpc-examples/cli/count.txt: 1000 input.txt" in result.stdout
+
+
+def test_07_job_array(setup):
+    registered(setup)
+    # On Grid Engine (scheduling every second, two slots) the hundred tiny tasks take about a minute;
+    # the same on the shared Slurm, loaded by other suites, took more than two.
+    env = {**setup["env"], "HPC_INFRASTRUCTURE": "tb-sge"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "07_job_array.py")], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "array: state completed, tasks {'completed': 100}" in result.stdout
+    assert "task 42 said: task 42 of 100 on " in result.stdout
+    assert "gather read 100 files; the sum of the squares is 328350" in result.stdout

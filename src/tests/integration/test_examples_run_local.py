@@ -47,7 +47,7 @@ def test_run_local_serves_and_the_examples_use_what_it_prints(testbed, tmp_path)
                         "PYTHONPATH": str(REPO / "src")})
         example = subprocess.run([sys.executable, str(REPO / "examples" / "01_register_infrastructure.py")],
                                  env=run_env, capture_output=True, text=True, timeout=120)
-        assert (example.returncode, example.stdout.count("already registered")) == (0, 2), example.stderr
+        assert (example.returncode, example.stdout.count("already registered")) == (0, 3), example.stderr
         job = subprocess.run([sys.executable, "-m", "hpc.cli", "job", "submit", "-i", "tb-slurm", "--watch-period",
                               "0.5", "--wait", "--", "hostname"], env=run_env, capture_output=True, text=True,
                              timeout=120)

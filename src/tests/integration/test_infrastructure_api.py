@@ -1,4 +1,4 @@
-"""Infrastructures through the real API, against the real testbed sshd, Slurm and Torque wrappers."""
+"""Infrastructures through the real API, against the real testbed sshd, Slurm, Torque wrappers and Grid Engine."""
 
 from __future__ import annotations
 
@@ -71,6 +71,24 @@ def test_pbs_telemetry_from_pbsnodes(gateway, testbed):
     assert body["scheduler"] == "pbs"
     assert len(body["partitions"]) >= 1
     assert sum(p["total_cpus"] for p in body["partitions"][:1]) == int(testbed["TESTBED_SLURM_CPUS"])
+
+
+def test_sge_telemetry_from_qstat_and_its_programs_from_the_setup_lines(gateway, testbed):
+    created = gateway.post("/infrastructure", infrastructure_body(testbed, "tb-sge", "sge"))
+    assert created.status_code == 201, created.text
+    assert created.json()["settings"]["command_setup_lines"] == [f". {testbed['TESTBED_SGE_SETTINGS']}"]
+    body = gateway.get("/infrastructure/tb-sge/telemetry").json()
+    assert body["scheduler"] == "sge"
+    queue = {p["name"]: p for p in body["partitions"]}[testbed["TESTBED_SGE_QUEUE"]]
+    assert (queue["total_nodes"], queue["total_cpus"]) == (1, int(testbed["TESTBED_SLURM_CPUS"]))
+    # Without the setup lines the login shell has only the Torque wrappers' qsub, and no qconf.
+    plain = infrastructure_body(testbed, "tb-sge-plain", "sge", settings={"mpi_launcher": ""})
+    assert "'qconf'" in assert_problem(gateway.post("/infrastructure", plain), 422, "scheduler")["detail"]
+    # A setup whose last line fails stops the command (which could be another scheduler's qsub).
+    broken = infrastructure_body(testbed, "tb-sge-broken", "sge", settings={
+        "command_setup_lines": [f". {testbed['TESTBED_SGE_SETTINGS']}", "test -d /nonexistent"]})
+    assert_problem(gateway.post("/infrastructure", broken), 422, "settings.command_setup_lines")
+    assert [i["name"] for i in gateway.get("/infrastructure").json()] == ["tb-sge"]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 
 from hpc.config import ConfigError, TokenEntry, load_config, parse_size
 from hpc.security import SecretBox, fingerprint, hash_token, new_token, verify_token
-from hpc.store import SCHEMA_VERSION, SchemaError, make_engine, migrate, open_store
+from hpc.store import SchemaError, head_revision, make_engine, migrate, open_store
 from hpc.store.tables import utcnow
 
 
@@ -95,7 +95,7 @@ def test_store_persists_and_stamps_version(tmp_path):
     assert row["settings"] == {"x": 1}
     assert row["created_at"] == now
     with reopened.engine.connect() as conn:
-        assert conn.execute(sa.text("select version from schema_version")).scalar() == SCHEMA_VERSION
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == head_revision()
         assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"
 
 
@@ -103,29 +103,9 @@ def test_newer_schema_is_refused(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
     migrate(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("update schema_version set version = :v"), {"v": SCHEMA_VERSION + 1})
+        conn.execute(sa.text("update alembic_version set version_num = 'from-a-newer-gateway'"))
     with pytest.raises(SchemaError):
         migrate(engine)
-
-
-def test_upgrade_steps_run_in_order_and_keep_data(tmp_path, monkeypatch):
-    from hpc.store import db
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
-    migrate(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("create table notes (body text)"))
-        conn.execute(sa.text("insert into notes values ('kept')"))
-    steps = []
-    monkeypatch.setattr(db, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
-    monkeypatch.setattr(db, "UPGRADES", {
-        SCHEMA_VERSION + 1: lambda conn: steps.append(1) or conn.execute(sa.text("alter table notes add column n int")),
-        SCHEMA_VERSION + 2: lambda conn: steps.append(2) or conn.execute(sa.text("update notes set n = 7")),
-    })
-    assert db.migrate(engine) == SCHEMA_VERSION + 2
-    assert steps == [1, 2]
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("select body, n from notes")).one() == ("kept", 7)
 
 
 def test_leases_are_exclusive(tmp_path):

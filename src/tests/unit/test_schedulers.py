@@ -13,17 +13,24 @@ import pytest
 from hpc.schedulers import (
     JobSpec,
     JobState,
+    NativeDependency,
     Resources,
     SchedulerCommandError,
     SchedulerParseError,
     get_scheduler,
+    parse_array,
 )
 from hpc.schedulers.pbs import PbsScheduler
+from hpc.schedulers.sge import SgeScheduler
 from hpc.schedulers.slurm import SlurmScheduler
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schedulers"
-NAMES = ["slurm", "pbs"]
-OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS "}
+NAMES = ["slurm", "pbs", "sge"]
+OWN_PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS ", "sge": "#$ "}
+CANCEL_PROGRAM = {"slurm": "scancel", "pbs": "qdel", "sge": "qdel"}
+# The scheduler reads the script from stdin (else it is uploaded and passed by path).
+SCRIPT_ON_STDIN = {"slurm": True, "pbs": False, "sge": True}
+Q, R, C, F, X = JobState.QUEUED, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED
 HOSTILE = ["it's", '"dq"', "$(touch /tmp/x)", "`id`", "a\nEOF\nb", ";rm -rf ~", "%x %j", "#not a comment"]
 
 
@@ -61,6 +68,7 @@ def sched(request):
 def test_get_scheduler_names():
     assert isinstance(get_scheduler("slurm"), SlurmScheduler)
     assert isinstance(get_scheduler("pbs"), PbsScheduler)
+    assert isinstance(get_scheduler("sge"), SgeScheduler)
     with pytest.raises(ValueError):
         get_scheduler("lsf")
 
@@ -68,10 +76,10 @@ def test_get_scheduler_names():
 def test_script_uses_only_own_directives(sched):
     script = sched.render_script(spec(resources=Resources(nodes=1, tasks=2, walltime_s=90, partition="debug")))
     lines = script.splitlines()
-    other = OWN_PREFIX["pbs" if sched.name == "slurm" else "slurm"]
+    others = tuple(prefix for name, prefix in OWN_PREFIX.items() if name != sched.name)
     assert lines[0] == "#!/bin/bash"
     assert any(line.startswith(OWN_PREFIX[sched.name]) for line in lines)
-    assert [line for line in lines if line.startswith(other)] == []
+    assert [line for line in lines if line.startswith(others)] == []
     assert bash_syntax_ok(script) is True
 
 
@@ -130,15 +138,17 @@ def test_env_names_are_validated(bad):
 )
 def test_job_name_is_sanitized(sched, name, expected):
     lines = sched.render_script(spec(name=name)).splitlines()
-    assert (f"#SBATCH --job-name={expected}" in lines) or (f"#PBS -N {expected}" in lines)
+    line = {"slurm": f"#SBATCH --job-name={expected}", "pbs": f"#PBS -N {expected}", "sge": f"#$ -N {expected}"}
+    assert line[sched.name] in lines
 
 
 def test_submit_command_keeps_id_in_submit_out(sched):
     command, stdin = sched.submit_command(spec(), "/home/u/jobs/j1/job.sh")
-    assert command.startswith("cd /home/u/jobs/j1 && (")
+    assert command.startswith("cd /home/u/jobs/j1 && printf '%s\\n' ")
+    assert " > submit.cmd && (" in command
     assert "> submit.out; rc=$?; cat submit.out; exit $rc)" in command
     assert bash_syntax_ok(command) is True
-    if sched.name == "slurm":
+    if SCRIPT_ON_STDIN[sched.name]:
         assert stdin == sched.render_script(spec()).encode()
     else:
         assert stdin is None
@@ -150,17 +160,23 @@ def test_status_command_is_one_command_for_many_ids(sched):
     expected = {
         "slurm": [
             "squeue",
+            "-r",
             "-h",
             "-t",
             "all",
             "-j",
             "1,2,3",
             "-O",
-            "JobID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
+            "JobArrayID:|,State:|,exit_code:|,StartTime:|,EndTime:|,Reason:|",
         ],
         "pbs": ["qstat", "-f", "1", "2", "3"],
     }
-    assert shlex.split(command) == expected[sched.name]
+    if sched.name == "sge":
+        # One qstat for all; the accounting file only for the ids it no longer lists (test_sge_status_command_*).
+        assert command.count("qstat -xml") == 1
+        assert "for j in 1 2 3; do" in command
+    else:
+        assert shlex.split(command) == expected[sched.name]
     assert bash_syntax_ok(command) is True
 
 
@@ -179,7 +195,7 @@ def test_no_ids_is_an_error(sched):
 
 def test_cancel_command(sched):
     command = sched.cancel_command(["4", "5"])
-    assert shlex.split(command) == [{"slurm": "scancel", "pbs": "qdel"}[sched.name], "4", "5"]
+    assert shlex.split(command) == [CANCEL_PROGRAM[sched.name], "4", "5"]
 
 
 def test_telemetry_command_is_valid_shell(sched):
@@ -285,6 +301,27 @@ def test_every_telemetry_fixture_parses_or_is_unusable(sched_name, case):
         ("pbs", "status_failed", {}),
         ("pbs", "status_mixed_unknown", {}),
         ("pbs", "status_single_unknown", {}),
+        # Grid Engine: qstat while queued/running, then the accounting record of each ended job.
+        ("sge", "status_queued", {"ok": JobState.QUEUED, "fail3": JobState.QUEUED}),
+        ("sge", "status_running", {"timeout": JobState.RUNNING}),
+        ("sge", "status_running_2", {"cancel": JobState.RUNNING}),
+        ("sge", "status_cancelled_queued", {}),  # deleted before it ran: no accounting record
+        ("sge", "status_cancelled_running", {"cancel": JobState.FAILED}),  # failed 100, 137: the service's cancel
+        ("sge", "status_timeout", {"timeout": JobState.TIMEOUT}),
+        ("sge", "status_completed", {"ok": JobState.COMPLETED}),
+        ("sge", "status_failed", {"fail3": JobState.FAILED}),
+        (
+            "sge",
+            "status_mixed_unknown",
+            {
+                "ok": JobState.COMPLETED,
+                "fail3": JobState.FAILED,
+                "timeout": JobState.TIMEOUT,
+                "cancel": JobState.FAILED,
+            },
+        ),
+        ("sge", "status_single_unknown", {}),
+        ("sge", "status_error_state", {"error": JobState.QUEUED}),
         (
             "pbs",
             "status_pbspro_history",
@@ -348,6 +385,11 @@ def test_status_fixture_states(sched_name, case, expected):
         ("pbs", "status_pbspro_json", "fail3", 3),
         ("pbs", "status_torque_completed", "walltime", -11),
         ("pbs", "status_torque_completed", "killed", 137),
+        ("sge", "status_completed", "ok", 0),
+        ("sge", "status_failed", "fail3", 3),
+        ("sge", "status_timeout", "timeout", 137),
+        ("sge", "status_cancelled_running", "cancel", 137),
+        ("sge", "status_queued", "ok", None),
     ],
 )
 def test_status_fixture_exit_codes(sched_name, case, role, exit_code):
@@ -480,6 +522,18 @@ def test_slurm_parsable_with_cluster_suffix():
             "sbatch: error: Batch job submission failed: More processors requested than permitted",
         ),
         ("pbs", "submit_pbspro_bad_queue", "qsub: Unknown queue"),
+        (
+            "sge",
+            "submit_bad_partition",
+            'Unable to run job: Job was rejected because job requests unknown queue "nosuch"',
+        ),
+        ("sge", "submit_over_limit", "Unable to run job: error: no suitable queues"),
+        (
+            "sge",
+            "submit_controller_down",
+            "error: commlib error: got select error (Connection refused)\n"
+            'Unable to run job: unable to send message to qmaster using port 6444 on host "vm": got send error',
+        ),
     ],
 )
 def test_submit_refusals(sched_name, case, message):
@@ -598,3 +652,408 @@ def test_torque_jobs_attribute_counts_used_cores():
 def test_pbs_telemetry_failed_part_is_unusable():
     with pytest.raises(SchedulerParseError):
         PbsScheduler().parse_telemetry(0, "@@hpc-rc=1\n@@hpc-rc=0\n@@hpc-rc=0\n", "pbsnodes: cannot connect\n")
+
+
+# --- Grid Engine -------------------------------------------------------------------------------------
+
+
+def test_sge_status_fields():
+    sched, fx, result = parse("sge", "status_timeout")
+    status = sched.parse_status(*result, fx["ids"])[fx["roles"]["timeout"]]
+    assert (status.native_state, status.reason) == (
+        "failed=37",
+        "qmaster enforced h_rt, h_cpu, or h_vmem limit (failed 37)",
+    )
+    assert int(status.end_time) - int(status.start_time) >= 60  # epoch seconds, h_rt 00:01:00
+    running = parse("sge", "status_running")
+    assert running[0].parse_status(*running[2], running[1]["ids"])[running[1]["roles"]["timeout"]].start_time
+
+
+def accounting_line(
+    job: str, failed: str, exit_status: str, category: str = "NONE", wallclock: str = "5", owner: str = "me"
+) -> str:
+    """An accounting(5) record as Son of Grid Engine 8.1.9 writes it (45 fields; captured on the testbed)."""
+    fields = [
+        "all.q",
+        "vm",
+        "grp",
+        owner,
+        "name",
+        job,
+        "sge",
+        "0",
+        "1796138304",
+        "1796138304",
+        "1796138308",
+        failed,
+        exit_status,
+        wallclock,
+        *["0"] * 17,
+        "NONE",
+        "defaultdepartment",
+        "NONE",
+        "1",
+        "0",
+        "0.0",
+        "0.0",
+        "0.0",
+        category,
+        "0.0",
+        "NONE",
+        "0.0",
+        "0",
+        "0",
+    ]
+    return ":".join(fields) + "\n"
+
+
+def test_sge_status_command_reads_accounting_only_for_ids_qstat_does_not_list(tmp_path):
+    # The command's shell logic, run by bash with a stand-in qstat and a cell's accounting file.
+    (tmp_path / "bin").mkdir()
+    qstat = tmp_path / "bin" / "qstat"
+    qstat.write_text(
+        "#!/bin/sh\necho '<job_info><job_list><JB_job_number>7</JB_job_number><state>r</state>"
+        "</job_list></job_info>'\n"
+    )
+    qstat.chmod(0o755)
+    me = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "c" / "common").mkdir(parents=True)
+    (tmp_path / "c" / "common" / "accounting").write_text(
+        "# Version: 8.1.9\n"
+        + accounting_line("7", "0", "1", owner=me)
+        + accounting_line("8", "0", "2", owner="other")
+        + accounting_line("70", "0", "3", owner=me)
+        + accounting_line("8", "0", "4", owner=me)
+    )
+    command = SgeScheduler().status_command(["7", "70", "8", "9"])
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "SGE_ROOT": str(tmp_path), "SGE_CELL": "c"}
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False, env=env)
+    found = SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["7", "70", "8", "9"])
+    # 7 is still in qstat (its old record is ignored), 8's other owner's record too, 9 has none.
+    assert {k: (v.state, v.exit_code) for k, v in found.items()} == {
+        "7": (JobState.RUNNING, None),
+        "70": (JobState.FAILED, 3),
+        "8": (JobState.FAILED, 4),
+    }
+
+
+def test_sge_status_command_without_accounting_file_reports_ended_jobs_absent(tmp_path):
+    (tmp_path / "qstat").write_text("#!/bin/sh\necho '<job_info/>'\n")
+    (tmp_path / "qstat").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SGE_ROOT": str(tmp_path / "none")}
+    proc = subprocess.run(
+        ["bash", "-c", SgeScheduler().status_command(["5"])], capture_output=True, text=True, check=False, env=env
+    )
+    assert SgeScheduler().parse_status(proc.returncode, proc.stdout, proc.stderr, ["5"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("record", "state", "exit_code"),
+    [
+        (accounting_line("9", "0", "0"), JobState.COMPLETED, 0),
+        (accounting_line("9", "0", "3"), JobState.FAILED, 3),
+        (accounting_line("9", "37", "137", "-l h_rt=5", "6"), JobState.TIMEOUT, 137),
+        # Killed at a limit before h_rt was reached (h_vmem or h_cpu): not a timeout.
+        (accounting_line("9", "37", "137", "-l h_rt=60,h_vmem=1G", "6"), JobState.FAILED, 137),
+        # A category holding ":" still leaves the fields after it in place.
+        (accounting_line("9", "37", "137", "-l h_rt=5 -ac a=b:c", "6"), JobState.TIMEOUT, 137),
+        (accounting_line("9", "100", "137"), JobState.FAILED, 137),
+        # The shepherd failed before the job: the payload never ran, its exit code is unknown.
+        (accounting_line("9", "26", "0"), JobState.FAILED, None),
+    ],
+)
+def test_sge_accounting_outcomes(record, state, exit_code):
+    out = f"<job_info/>\n@@hpc-rc=0\n{record}@@hpc-rc=0\n"
+    status = SgeScheduler().parse_status(0, out, "", ["9"])["9"]
+    assert (status.state, status.exit_code) == (state, exit_code)
+
+
+def test_sge_reused_job_number_takes_the_last_accounting_record():
+    out = f"<job_info/>\n@@hpc-rc=0\n{accounting_line('9', '0', '5')}{accounting_line('9', '0', '0')}@@hpc-rc=0\n"
+    assert SgeScheduler().parse_status(0, out, "", ["9"])["9"].exit_code == 0
+
+
+def test_sge_failed_accounting_read_reports_nothing_ended():
+    out = f"<job_info/>\n@@hpc-rc=0\nawk: cannot open file\n@@hpc-rc=2\n"
+    assert SgeScheduler().parse_status(0, out, "", ["9"]) == {}
+
+
+def test_sge_unknown_state_and_odd_accounting_do_not_abort(caplog):
+    out = (
+        "<job_info><job_list><JB_job_number>1</JB_job_number><state>zz</state></job_list>"
+        "<job_list><JB_job_number>2</JB_job_number><state>r</state></job_list></job_info>\n@@hpc-rc=0\n"
+        + accounting_line("3", "weird", "0")
+        + "short:line\n@@hpc-rc=0\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        found = SgeScheduler().parse_status(0, out, "", ["1", "2", "3"])
+    assert {k: v.state for k, v in found.items()} == {
+        "1": JobState.UNKNOWN,
+        "2": JobState.RUNNING,
+        "3": JobState.UNKNOWN,
+    }
+    assert "zz" in caplog.text
+
+
+@pytest.mark.parametrize("stdout", ["", "not xml\n@@hpc-rc=0\n", "<job_info>\n@@hpc-rc=0\n"])
+def test_sge_unusable_status_output_raises(stdout):
+    with pytest.raises(SchedulerParseError):
+        SgeScheduler().parse_status(0, stdout, "", ["1"])
+
+
+def test_sge_array_task_running_wins_over_pending_rest():
+    out = (
+        "<job_info><job_list><JB_job_number>4</JB_job_number><state>r</state></job_list>"
+        "<job_list><JB_job_number>4</JB_job_number><state>qw</state></job_list></job_info>\n@@hpc-rc=0\n"
+    )
+    assert SgeScheduler().parse_status(0, out, "", ["4"])["4"].state is JobState.RUNNING
+
+
+@pytest.mark.parametrize(("case", "busy"), [("telemetry_busy", True), ("telemetry_after", False)])
+def test_sge_telemetry_captured(case, busy):
+    sched, fx, result = parse("sge", case)
+    (queue,) = sched.parse_telemetry(*result)
+    assert (queue.name, queue.total_nodes, queue.total_cpus) == ("all.q", 1, 2)
+    assert (queue.avail_nodes, queue.avail_cpus) == ((0, 0) if busy else (1, 2))
+    assert queue.running_jobs == (1 if busy else 0)  # the 2-slot time-limit job fills the host
+    assert queue.queued_jobs == fx["stdout"].count("<state>qw</state>") + fx["stdout"].count("<state>Eqw</state>")
+
+
+def test_sge_telemetry_counts_queue_states_and_requested_queues():
+    out = """<job_info><queue_info>
+      <Queue-List><name>a.q@n1</name><slots_used>1</slots_used><slots_resv>0</slots_resv><slots_total>4</slots_total>
+        <job_list state="running"><JB_job_number>1</JB_job_number></job_list></Queue-List>
+      <Queue-List><name>a.q@n2</name><slots_used>0</slots_used><slots_resv>0</slots_resv><slots_total>4</slots_total>
+        <state>d</state></Queue-List>
+      <Queue-List><name>b.q@n1</name><slots_used>0</slots_used><slots_resv>0</slots_resv><slots_total>2</slots_total>
+      </Queue-List></queue_info>
+      <job_info><job_list state="pending"><JB_job_number>2</JB_job_number><hard_req_queue>b.q</hard_req_queue>
+      </job_list><job_list state="pending"><JB_job_number>3</JB_job_number></job_list></job_info></job_info>"""
+    parts = {p.name: vars(p) for p in SgeScheduler().parse_telemetry(0, out, "")}
+    assert parts == {
+        "a.q": dict(
+            name="a.q", total_nodes=2, avail_nodes=0, total_cpus=8, avail_cpus=3, running_jobs=1, queued_jobs=1
+        ),
+        "b.q": dict(
+            name="b.q", total_nodes=1, avail_nodes=1, total_cpus=2, avail_cpus=2, running_jobs=0, queued_jobs=2
+        ),
+    }
+
+
+def test_sge_cancel_message_names_both_lines():
+    sched, _, result = parse("sge", "cancel_controller_down")
+    with pytest.raises(SchedulerCommandError) as err:
+        sched.parse_cancel(*result)
+    assert "unable to send message to qmaster" in err.value.message
+
+
+# --- contract: arrays and dependencies ---------------------------------------------------------------
+
+ARRAY_VARIABLE = {"slurm": ("SLURM_ARRAY_TASK_ID", 0), "pbs": ("PBS_ARRAYID", 0), "sge": ("SGE_TASK_ID", 1)}
+
+
+def array_spec(text: str = "0-9:2%3", **kwargs) -> JobSpec:
+    return spec(array=parse_array(text, 10000), **kwargs)
+
+
+def submitted_text(sched, job: JobSpec) -> str:
+    """Everything the scheduler is given: the script and the submit command."""
+    command, _ = sched.submit_command(job, "/home/u/jobs/j1/job.sh")
+    return sched.render_script(job) + "\n" + command
+
+
+def test_array_is_rendered_natively(sched):
+    text = submitted_text(sched, array_spec())
+    expected = {
+        "slurm": ["#SBATCH --array=0-8:2%3"],
+        "pbs": ["-t 0,2,4,6,8%3"],  # Torque's -t takes no step: the stepped range becomes a list
+        "sge": ["#$ -t 1-9:2", "#$ -tc 3"],  # Grid Engine numbers tasks from 1
+    }[sched.name]
+    assert [part for part in expected if part in text] == expected
+    assert bash_syntax_ok(sched.render_script(array_spec())) is True
+
+
+def test_plain_job_has_no_array_or_dependency_options(sched):
+    text = submitted_text(sched, spec())
+    for word in ("--array", " -t ", "-tc", "-J ", "--dependency", "depend=", "-hold_jid", "HPC_ARRAY_TASK_ID"):
+        assert word not in text
+
+
+def test_pbs_pro_flavour_renders_j():
+    pro = PbsScheduler("pbspro")
+    command, _ = pro.submit_command(array_spec(), "/home/u/jobs/j1/job.sh")
+    assert "-J 0-8:2%3" in command
+    assert 'HPC_ARRAY_TASK_ID="${PBS_ARRAY_INDEX:-$SLURM_ARRAY_TASK_ID}"' in pro.render_script(array_spec())
+    with pytest.raises(ValueError):
+        pro.submit_command(array_spec("4"), "/home/u/jobs/j1/job.sh")  # PBS Pro arrays need two subjobs
+    with pytest.raises(ValueError):
+        PbsScheduler("lsf")
+
+
+def test_torque_refuses_a_stepped_range_too_long_for_a_list():
+    with pytest.raises(ValueError):
+        PbsScheduler().submit_command(array_spec("0-9999:2"), "/home/u/jobs/j1/job.sh")
+
+
+def test_get_scheduler_reads_the_pbs_flavour():
+    assert get_scheduler("pbs").flavour == "torque"
+    assert get_scheduler("pbs", {"pbs_flavour": "pbspro"}).flavour == "pbspro"
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_task_runs_under_its_schedulers_variable(sched, tmp_path, index):
+    """The rendered script, run by bash with the scheduler's task variable set: the payload sees the
+    gateway's index and the task's files land under tasks/ and output/."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "payload.sh").write_text('echo "i=$HPC_ARRAY_TASK_ID n=$HPC_ARRAY_TASK_COUNT"; exit 4\n')
+    job = JobSpec(name="t", job_dir=str(job_dir), payload=str(job_dir / "payload.sh"),
+                  array=parse_array("0-9%2", 100))
+    variable, offset = ARRAY_VARIABLE[sched.name]
+    env = {"PATH": "/usr/bin:/bin", variable: str(index + offset), "SLURM_JOB_ID": "77", "JOB_ID": "77"}
+    proc = subprocess.run(["bash", "-c", sched.render_script(job)], env=env, capture_output=True, timeout=20)
+    assert proc.returncode == 4
+    assert (job_dir / "output" / f"{index}.stdout").read_text() == f"i={index} n=10\n"
+    assert (job_dir / "tasks" / f"{index}.exit_code").read_text() == "4\n"
+    started, own = (job_dir / "tasks" / f"{index}.started").read_text().split()
+    assert int(started) <= int((job_dir / "tasks" / f"{index}.ended").read_text())
+    assert own == ("77" if sched.name != "sge" else f"77.{index + 1}")
+    assert not (job_dir / "exit_code").exists()
+
+
+def test_task_without_an_array_variable_stops(sched, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "payload.sh").write_text("touch ran\n")
+    job = JobSpec(name="t", job_dir=str(job_dir), payload=str(job_dir / "payload.sh"), array=parse_array("0-1", 9))
+    env = {"PATH": "/usr/bin:/bin", "SGE_TASK_ID": "undefined"}
+    proc = subprocess.run(["bash", "-c", sched.render_script(job)], env=env, cwd=tmp_path, capture_output=True)
+    assert proc.returncode == 1
+    assert b"no array task id" in proc.stderr
+    assert sorted(p.name for p in job_dir.iterdir()) == ["payload.sh"]
+
+
+def test_dependencies_are_rendered_natively(sched):
+    deps = (NativeDependency("any", "11"), NativeDependency("any", "12"))
+    text = submitted_text(sched, spec(dependencies=deps))
+    expected = {"slurm": "#SBATCH --dependency=afterany:11:12", "pbs": "-W depend=afterany:11:12",
+                "sge": "#$ -hold_jid 11,12"}[sched.name]
+    assert expected in text
+
+
+def test_ok_and_notok_where_the_scheduler_has_them(sched):
+    deps = (NativeDependency("ok", "11"), NativeDependency("notok", "12"), NativeDependency("ok", "13"))
+    if sched.name == "sge":
+        assert sched.native_conditions == frozenset({"any"})
+        with pytest.raises(ValueError):
+            sched.render_script(spec(dependencies=deps))
+        return
+    expected = {"slurm": "--dependency=afterok:11:13,afternotok:12", "pbs": "-W depend=afterok:11:13,afternotok:12"}
+    assert sched.dependency_option(deps) == expected[sched.name]
+
+
+def test_torque_names_array_predecessors_with_array_types():
+    deps = (NativeDependency("ok", "10[].srv", array=True), NativeDependency("ok", "11"))
+    assert PbsScheduler().dependency_option(deps) == "-W depend=afterok:11,afterokarray:10[].srv"
+    assert PbsScheduler("pbspro").dependency_option(deps) == "-W depend=afterok:10[].srv:11"
+
+
+@pytest.mark.parametrize("bad", ["1;id", "$(id)", "1 2", ""])
+def test_dependency_ids_are_validated(sched, bad):
+    with pytest.raises(ValueError):
+        sched.dependency_option([NativeDependency("any", bad)] if bad else [NativeDependency("any", "x")])
+
+
+def test_status_reports_array_tasks_or_says_it_does_not(sched):
+    assert sched.reports_array_tasks is (sched.name != "pbs")
+
+
+# --- captured array and dependency outputs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sched_name", "expected"), [("slurm", "16103"), ("pbs", "16252"), ("sge", "96")])
+def test_array_submission_output(sched_name, expected):
+    sched, _, result = parse(sched_name, "submit_array")
+    assert sched.parse_submit(*result) == expected
+
+
+def tasks_of(sched_name: str, case: str, ids=None) -> dict:
+    sched, fx, result = parse(sched_name, case)
+    found = sched.parse_status(*result, ids or fx["ids"])
+    return {job: {i: (t.state, t.native_state, t.exit_code) for i, t in (s.tasks or {}).items()}
+            for job, s in found.items()}
+
+
+def test_slurm_array_tasks():
+    running = tasks_of("slurm", "status_array_running")
+    assert running["16103"] == {0: (C, "COMPLETED", 0), 1: (F, "FAILED", 3), 2: (C, "COMPLETED", 0),
+                                3: (C, "COMPLETED", 0)}
+    assert running["16158"] == {0: (R, "RUNNING", None), 1: (Q, "PENDING", None), 2: (Q, "PENDING", None),
+                                3: (Q, "PENDING", None)}
+    sched, fx, result = parse("slurm", "status_array_running")
+    waiting = sched.parse_status(*result, fx["ids"])["16158"]
+    assert (waiting.state, waiting.tasks[1].reason) == (R, "JobArrayTaskLimit")
+    assert tasks_of("slurm", "status_array_cancelled")["16158"] == {
+        0: (X, "CANCELLED", 143), 1: (X, "CANCELLED", None), 2: (X, "CANCELLED", None), 3: (X, "CANCELLED", None)}
+
+
+def test_sge_array_tasks_from_qstat_and_accounting():
+    # Task numbers from 1 in Grid Engine are the gateway's indexes from 0.
+    running = tasks_of("sge", "status_array_running")
+    assert running["97"] == {0: (R, "r", None), 1: (Q, "qw", None), 2: (Q, "qw", None), 3: (Q, "qw", None)}
+    assert running["96"] == {2: (R, "r", None), 3: (Q, "qw", None)}  # 0 and 1 had left qstat
+    assert tasks_of("sge", "status_array_done")["96"] == {0: (C, "failed=0", 0), 1: (F, "failed=0", 3),
+                                                        2: (C, "failed=0", 0), 3: (C, "failed=0", 0)}
+    # qdel kills a running task (failed 100, SIGKILL); the tasks that never ran have no record.
+    assert tasks_of("sge", "status_array_cancelled")["97"] == {0: (F, "failed=100", 137)}
+
+
+def test_sge_status_command_looks_up_arrays_in_accounting():
+    command = SgeScheduler().status_command(["5", "6"], arrays=["6"])
+    assert 'gone=" 6 "' in command
+    assert bash_syntax_ok(command) is True
+    assert 'gone=" "' in SgeScheduler().status_command(["5", "6"])
+
+
+def test_pbs_lists_only_the_arrays_own_record():
+    sched, fx, result = parse("pbs", "status_array_running")
+    found = sched.parse_status(*result, fx["ids"])
+    assert {job: (s.state, s.tasks) for job, s in found.items()} == {"16252": (R, None), "16375": (Q, None)}
+
+
+def test_pbs_pro_subjobs_are_tasks_of_their_array():
+    stdout = ("Job Id: 10[].srv\n    job_state = B\n\nJob Id: 10[1].srv\n    job_state = R\n\n"
+              "Job Id: 10[2].srv\n    job_state = Q\n")
+    found = PbsScheduler("pbspro").parse_status(0, stdout, "", ["10[].srv"])
+    assert found["10[].srv"].state is R
+    assert {i: t.state for i, t in found["10[].srv"].tasks.items()} == {1: R, 2: Q}
+
+
+def test_dependency_that_can_never_be_satisfied():
+    sched, fx, result = parse("slurm", "status_dependency_waiting")
+    waiting = sched.parse_status(*result, fx["ids"])["18569"]
+    assert (waiting.state, waiting.reason, sched.never_satisfied(waiting)) == (Q, "Dependency", False)
+    sched, fx, result = parse("slurm", "status_dependency_after_failure")
+    never = sched.parse_status(*result, fx["ids"])["18569"]
+    assert (never.state, never.reason, sched.never_satisfied(never)) == (Q, "DependencyNeverSatisfied", True)
+    # The Torque wrapper shows such a job queued, without a reason; Grid Engine's hold is "any" only.
+    for name, case, job_id, native in [("pbs", "status_dependency_after_failure", "18719", "Q"),
+                                       ("sge", "status_dependency_waiting", "99", "hqw")]:
+        sched, fx, result = parse(name, case)
+        status = sched.parse_status(*result, fx["ids"])[job_id]
+        assert (status.state, status.native_state, sched.never_satisfied(status)) == (Q, native, False)
+
+
+@pytest.mark.parametrize(("sched_name", "option"), [("slurm", None), ("pbs", "-W depend=afterok:18424"),
+                                                    ("sge", None)])
+def test_dependency_submission_was_accepted(sched_name, option):
+    sched, fx, result = parse(sched_name, "submit_dependency")
+    assert sched.parse_submit(*result).isdigit()
+    if option:
+        assert option in fx["command"]
+
+
+def test_pbs_subjob_polled_by_its_own_id():
+    stdout = "Job Id: 10[3].srv\n    job_state = R\n"
+    found = PbsScheduler("pbspro").parse_status(0, stdout, "", ["10[3].srv"])
+    assert {job: s.state for job, s in found.items()} == {"10[3].srv": R}

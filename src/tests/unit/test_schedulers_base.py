@@ -15,7 +15,7 @@ from hpc.schedulers import (
     final_state_from_exit_code,
     is_terminal,
 )
-from hpc.schedulers import pbs, slurm
+from hpc.schedulers import pbs, sge, slurm
 from hpc.schedulers.base import sanitize_job_name, split_rc_sections
 
 Q, R, C, F, X, T, U = (
@@ -101,6 +101,7 @@ def test_pbs_exit_status_convention(raw, code):
 )
 def test_walltime_formats(seconds, slurm_time, pbs_time):
     assert (slurm.format_walltime(seconds), pbs.format_walltime(seconds)) == (slurm_time, pbs_time)
+    assert sge.format_walltime(seconds) == pbs_time  # h_rt takes HH:MM:SS with hours past 24
 
 
 @pytest.mark.parametrize("field", ["nodes", "tasks", "cpus_per_task", "memory_mb", "walltime_s"])
@@ -133,6 +134,6 @@ def test_rc_sections():
     assert split_rc_sections("a\nb\n@@hpc-rc=0\n@@hpc-rc=153\n", 2) == [(0, ["a", "b"]), (153, [])]
 
 
-@pytest.mark.parametrize("table", [slurm.STATES, pbs.STATES])
+@pytest.mark.parametrize("table", [slurm.STATES, pbs.STATES, sge.STATES])
 def test_state_tables_map_to_known_states(table):
     assert set(table.values()) <= set(JobState) - {U}

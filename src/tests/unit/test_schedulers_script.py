@@ -1,7 +1,8 @@
 """The rendered batch script, run by a local bash (no scheduler): job files, exit codes, TERM, quoting.
 
 The directives are comments to bash, so the body can be exercised here; the same scripts were run under
-sbatch and the qsub wrapper by ``fixtures/schedulers/capture.py`` (see the ``script_*`` fixtures).
+sbatch, the qsub wrapper and Grid Engine's qsub by ``fixtures/schedulers/capture.py`` (see the
+``script_*`` fixtures).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HOSTILE_DIR = "job dir 'q' \"dq\" $(touch pwned) `touch pwned2` ;x %j"
 HOSTILE_VALUE = 'it\'s "q" $(touch pwned) `touch pwned2` ;rm -rf ~\nEOF\n%x %j'
 
 
-@pytest.fixture(params=["slurm", "pbs"])
+@pytest.fixture(params=["slurm", "pbs", "sge"])
 def sched(request):
     return get_scheduler(request.param)
 
@@ -97,10 +98,11 @@ def test_hostile_job_dir_for_slurm(tmp_path):
     assert shlex.split(command)[:2] == ["cd", spec.job_dir]
 
 
-def test_hostile_job_dir_refused_for_pbs(tmp_path):
+@pytest.mark.parametrize("sched_name", ["pbs", "sge"])
+def test_hostile_job_dir_refused_for_qsub(tmp_path, sched_name):
     spec = make_job(tmp_path, "exit 0\n", job_dir_name=HOSTILE_DIR)
     with pytest.raises(ValueError):
-        get_scheduler("pbs").render_script(spec)
+        get_scheduler(sched_name).render_script(spec)
 
 
 def test_term_records_143_and_stops_the_payload(sched, tmp_path):
@@ -125,20 +127,26 @@ def test_term_records_143_and_stops_the_payload(sched, tmp_path):
     ("role", "content"),
     [("ok", "0\n"), ("fail3", "3\n"), ("timeout", "143\n"), ("cancel", "143\n"), ("hostile", "0\n")],
 )
-@pytest.mark.parametrize("sched_name", ["slurm", "pbs"])
+@pytest.mark.parametrize("sched_name", ["slurm", "pbs", "sge"])
 def test_exit_code_files_written_under_the_real_schedulers(sched_name, role, content):
     fx = json.loads((FIXTURES / sched_name / f"script_exit_code_{role}.json").read_text())
-    assert (fx["exit_code"], fx["stdout"]) == (0, content)
+    if sched_name == "sge" and role in ("timeout", "cancel"):
+        # Grid Engine ends a job at h_rt or on qdel with SIGKILL (queue terminate_method NONE, the
+        # default): the trap never runs, the accounting record has the outcome (see test_schedulers.py).
+        assert (fx["exit_code"], fx["stdout"]) == (1, "")
+        assert "No such file" in fx["stderr"]
+    else:
+        assert (fx["exit_code"], fx["stdout"]) == (0, content)
 
 
-@pytest.mark.parametrize("sched_name", ["slurm", "pbs"])
+@pytest.mark.parametrize("sched_name", ["slurm", "pbs", "sge"])
 def test_cancelled_while_queued_leaves_no_exit_code(sched_name):
     fx = json.loads((FIXTURES / sched_name / "script_exit_code_cancelq.json").read_text())
     assert fx["exit_code"] == 1
     assert "No such file" in fx["stderr"]
 
 
-@pytest.mark.parametrize("sched_name", ["slurm", "pbs"])
+@pytest.mark.parametrize("sched_name", ["slurm", "pbs", "sge"])
 def test_hostile_env_value_survived_the_real_scheduler(sched_name):
     fx = json.loads((FIXTURES / sched_name / "script_stdout_hostile.json").read_text())
     assert fx["stdout"] == 'it\'s "q" $(touch /tmp/hpc-pwned) `id` ;rm -rf ~\nEOF\n%x %j'
@@ -222,3 +230,56 @@ def test_nul_is_refused(sched):
     spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", env={"A": "a\x00b"})
     with pytest.raises(ValueError):
         sched.render_script(spec)
+
+
+def test_sge_directives():
+    spec = JobSpec(
+        name="x",
+        job_dir="/j",
+        payload="/j/p.sh",
+        resources=Resources(
+            nodes=1, tasks=4, cpus_per_task=3, memory_mb=1000, walltime_s=90061, partition="q1", account="a1"
+        ),
+    )
+    lines = [line for line in get_scheduler("sge").render_script(spec).splitlines() if line.startswith("#$")]
+    assert lines == [
+        "#$ -S /bin/bash",
+        "#$ -N x",
+        "#$ -wd /j",
+        "#$ -o /j/stdout",
+        "#$ -e /j/stderr",
+        "#$ -w e",
+        "#$ -pe smp 12",
+        "#$ -l h_rt=25:01:01",
+        "#$ -l h_vmem=84M",
+        "#$ -q q1",
+        "#$ -A a1",
+    ]
+
+
+def test_sge_single_slot_asks_for_no_parallel_environment():
+    spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", resources=Resources(tasks=1, memory_mb=100))
+    lines = get_scheduler("sge").render_script(spec).splitlines()
+    assert [line for line in lines if line.startswith("#$ -pe")] == []
+    assert "#$ -l h_vmem=100M" in lines
+
+
+def test_sge_refuses_several_nodes():
+    spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", resources=Resources(nodes=2))
+    with pytest.raises(ValueError):
+        get_scheduler("sge").render_script(spec)
+
+
+@pytest.mark.parametrize("bad", ["q 1", "it's", "$(x)", "a;b", "a#b", "a,b"])
+def test_sge_refuses_non_plain_queue(bad):
+    spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", resources=Resources(partition=bad))
+    with pytest.raises(ValueError):
+        get_scheduler("sge").render_script(spec)
+
+
+@pytest.mark.parametrize("bad", ["/j/a b", "/j/$HOME", "/j/a:b", "/j/$(x)"])
+def test_sge_refuses_paths_qsub_would_reinterpret(bad):
+    # qsub expands $HOME, $JOB_ID ... in -o/-e/-wd and reads "host:path".
+    spec = JobSpec(name="x", job_dir="/j", payload="/j/p.sh", stdout=bad)
+    with pytest.raises(ValueError):
+        get_scheduler("sge").submit_command(spec, "/j/job.sh")

@@ -3,6 +3,7 @@
 from hpc.api import views, views_transfers
 from hpc.api.auth import caller
 from hpc.api.context import gateway
+from hpc.api.handlers.events import check_callback, with_callback
 from hpc.api.models import (
     DataBatchRequest,
     FileTransferRequest,
@@ -20,8 +21,10 @@ def list_transfers(infrastructure=None, kind=None, state=None, since=None, limit
 
 
 def create_data_transfer(body):
-    row = gateway().transfers.create_http(views.parse(FileTransferRequest, body), caller())
-    return views.reply(views_transfers.file_transfer_status(row), 201)
+    request = views.parse(FileTransferRequest, body)
+    callback_url = check_callback(request.callback_url)
+    row = gateway().transfers.create_http(request, caller())
+    return views.reply(with_callback(views_transfers.file_transfer_status(row), callback_url, "transfer", row["id"]), 201)
 
 
 def get_data_transfer(transfer_id):
@@ -34,8 +37,10 @@ def cancel_data_transfer(transfer_id):
 
 
 def create_s3_data_transfer(body):
-    row = gateway().transfers.create_s3_data(views.parse(S3FileTransferRequest, body), caller())
-    return views.reply(views_transfers.s3_file_transfer_status(row), 201)
+    request = views.parse(S3FileTransferRequest, body)
+    callback_url = check_callback(request.callback_url)
+    row = gateway().transfers.create_s3_data(request, caller())
+    return views.reply(with_callback(views_transfers.s3_file_transfer_status(row), callback_url, "transfer", row["id"]), 201)
 
 
 def get_s3_data_transfer(transfer_id):
@@ -49,8 +54,10 @@ def cancel_s3_data_transfer(transfer_id):
 
 
 def create_s3_result_transfer(body):
-    row = gateway().transfers.create_s3_result(views.parse(S3ResultTransferRequest, body), caller())
-    return views.reply(views_transfers.s3_result_transfer_status(row), 201)
+    request = views.parse(S3ResultTransferRequest, body)
+    callback_url = check_callback(request.callback_url)
+    row = gateway().transfers.create_s3_result(request, caller())
+    return views.reply(with_callback(views_transfers.s3_result_transfer_status(row), callback_url, "transfer", row["id"]), 201)
 
 
 def get_s3_result_transfer(transfer_id):
