@@ -437,7 +437,8 @@ class InfrastructureService:
     def cluster_files(self, row: dict[str, Any]) -> ClusterFiles:
         """The infrastructure's shell and files (:class:`hpc.transport.ClusterFiles`), kept with its connection."""
         name = row["name"]
-        return self.pool.files(name, self.target_of(row), lambda conn: metrics.metered(conn, name))
+        return self.pool.files(name, self.target_of(row), lambda conn: metrics.metered(conn, name),
+                               lambda: metrics.ssh_connection_opened(name))
 
     @contextmanager
     def files(self, row: dict[str, Any], action: str) -> Iterator[ClusterFiles]:

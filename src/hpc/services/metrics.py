@@ -211,6 +211,13 @@ def ssh_failure_kind(exc: BaseException) -> str:
     return "other"
 
 
+@_safe
+def ssh_connection_opened(infrastructure: str) -> None:
+    """An SSH connection opened outside a metered connection (an ``ssh`` process of the OpenSSH data
+    engine)."""
+    SSH_CONNECTIONS.labels(infrastructure).inc()
+
+
 class MeteredConnection:
     """An ``hpc.ssh.SSHConnection`` seen through the metrics: every command (count, duration, failure),
     SFTP session opened on it (failure), and connection the wrapped object opened (read from its public

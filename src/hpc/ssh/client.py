@@ -605,11 +605,13 @@ class SSHPool:
             stale.close()
         return conn
 
-    def files(self, key: str, target: SSHTarget, view: Callable[[SSHConnection], Any] | None = None):
+    def files(self, key: str, target: SSHTarget, view: Callable[[SSHConnection], Any] | None = None,
+              on_connection: Callable[[], None] | None = None):
         """The :class:`~hpc.ssh.files.ClusterFiles` over the connection of ``key`` (kept with it).
 
         ``view`` wraps the connection the files use for commands and sessions (the service's metered view
         of it); the pooled connection is what decides whether the kept files are still current.
+        ``on_connection`` is called for each ``ssh`` process the OpenSSH data engine starts.
         """
         from hpc.ssh.files import ClusterFiles
 
@@ -620,7 +622,7 @@ class SSHPool:
                 return files
             stale = files
             files = ClusterFiles(view(conn) if view else conn, self.data_engine, self.io_timeout,
-                                 self.command_timeout)
+                                 self.command_timeout, on_connection)
             self._files[key] = (conn, files)
         if stale is not None:
             stale.close()
@@ -659,14 +661,18 @@ class SSHPool:
             item.close()
 
     def stats(self) -> dict:
-        """Counters per key: ``{key: {"connections_opened", "commands_run", "alive"}}``."""
+        """Counters per key: ``{key: {"connections_opened", "commands_run", "alive",
+        "data_connections_opened"}}``; the last counts the connections its files opened for data beside
+        the pooled one (ssh processes of the OpenSSH engine, dedicated connections for big files)."""
         with self._lock:
             items = list(self._connections.items())
+            files = {key: item for key, (_, item) in self._files.items()}
         return {
             key: {
                 "connections_opened": conn.connections_opened,
                 "commands_run": conn.commands_run,
                 "alive": conn.is_alive(),
+                "data_connections_opened": files[key].connections_opened if key in files else 0,
             }
             for key, conn in items
         }

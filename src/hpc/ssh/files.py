@@ -79,7 +79,7 @@ class ClusterFiles:
     """
 
     def __init__(self, connection: SSHConnection, engine: str = "auto", io_timeout: float = 60.0,
-                 command_timeout: float = 60.0):
+                 command_timeout: float = 60.0, on_connection: Callable[[], None] | None = None):
         if engine not in ENGINES:
             raise ValueError(f"unknown SSH data engine {engine!r} (one of {', '.join(ENGINES)})")
         if engine == "openssh" and not openssh.available():
@@ -95,6 +95,10 @@ class ClusterFiles:
         self._openssh: openssh.OpenSSHEngine | None = None
         self._engine_lock = threading.Lock()
         self.sessions_opened = 0
+        # SSH connections opened for data beside the pooled one (an ssh process per openssh session, a
+        # dedicated paramiko connection per big file); on_connection is told of each ssh process.
+        self.connections_opened = 0
+        self._on_connection = on_connection
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class ClusterFiles:
         if self.engine == "openssh":
             engine = self._engine()
             stream = engine.open_stream(self.io_timeout)
+            self._connection_opened(self._on_connection)
             try:
                 session = SFTPSession(stream, self.where)
             except TransportError as exc:
@@ -127,6 +132,8 @@ class ClusterFiles:
                 raise engine.failure(stream, exc) from None
         else:
             connection = self.connection.open_dedicated() if dedicated else self.connection
+            if connection is not self.connection:
+                self._connection_opened(None)  # counted by whoever wraps the connection (open_dedicated)
             try:
                 stream = connection.open_stream("sftp", self.io_timeout)
             except BaseException:
@@ -144,6 +151,15 @@ class ClusterFiles:
             self.sessions_opened += 1
         log.debug("%s data session to %s over %s", "dedicated" if dedicated else "pooled", self.where, self.engine)
         return session
+
+    def _connection_opened(self, tell: Callable[[], None] | None) -> None:
+        with self._lock:
+            self.connections_opened += 1
+        if tell is not None:
+            try:
+                tell()
+            except Exception:  # a counter must never fail a transfer
+                log.exception("counting an SSH connection failed")
 
     def _acquire(self) -> SFTPSession:
         with self._lock:

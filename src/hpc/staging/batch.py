@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _GROUP_FILES = 256  # files per pipelined group
 _GROUP_BYTES = 32 * 1024 * 1024
+# A group is also delivered once its first file has waited this long: files arriving steadily (a slow or
+# throttled source) are completed, counted and checkpointed as they come, not all at the end.
+_GROUP_SECONDS = 1.0
 
 
 @dataclass
@@ -260,6 +263,7 @@ class ToClusterBatch(_Common):
             finished = 0
             group: list = []
             group_bytes = 0
+            group_since = 0.0
             while finished < readers:
                 try:
                     got = ready.get(timeout=0.05 if group else 0.5)
@@ -268,10 +272,12 @@ class ToClusterBatch(_Common):
                 if got is None:
                     finished += 1
                 elif got != "flush":
+                    if not group:
+                        group_since = time.monotonic()
                     group.append(got)
                     group_bytes += len(got[1])
                 if group and (got == "flush" or len(group) >= _GROUP_FILES or group_bytes >= _GROUP_BYTES
-                              or finished == readers):
+                              or finished == readers or time.monotonic() - group_since >= _GROUP_SECONDS):
                     self._deliver(group, budget)
                     group, group_bytes = [], 0
                 if errors:

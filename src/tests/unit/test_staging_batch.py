@@ -58,6 +58,25 @@ def test_small_and_big_files_arrive_with_their_sha256_in_few_steps(tmp_path):
     assert sum(1 for c in steps if c.startswith("rename_many")) == groups
 
 
+def test_files_arriving_steadily_are_delivered_as_they_come_not_all_at_the_end(tmp_path):
+    # A throttled source hands a file about every 30 ms, never a 50 ms pause: without a time bound on a
+    # group, all 60 files would wait for the last (no progress, nothing to resume after a crash).
+    cluster = MemoryCluster(HOME)
+    data = {f"k{n}": os.urandom(2000) for n in range(60)}
+    items = [Item(n, f"k{n}.bin", 2000, f"k{n}") for n in range(60)]
+    settings = Settings(retry_delay=0.001, retry_delay_max=0.002, small_file=64 * 1024, verify_every=MiB,
+                        batch_concurrency=4, part_size=MiB, max_rate=2000 * 33)
+    outcomes = []
+    to_cluster(tmp_path, cluster, items, {k: MemorySource(v) for k, v in data.items()}, outcomes,
+               settings=settings).run()
+    assert sorted(o.number for o in outcomes) == list(range(60))
+    assert {o.state for o in outcomes} == {"completed"}
+    sizes = [int(c.split()[1]) for c in cluster.faults.calls if c.startswith("write_files")]
+    assert sum(sizes) == 60
+    assert len(sizes) >= 2  # about 33 files a second: at least one group before the end
+    assert max(sizes) < 60
+
+
 def test_one_failing_file_does_not_stop_the_others(tmp_path):
     cluster = MemoryCluster(HOME)
     cluster.mkdir(f"{HOME}/in/taken.bin")  # a directory where a file should go
