@@ -152,6 +152,12 @@ class ClusterFiles:
         log.debug("%s data session to %s over %s", "dedicated" if dedicated else "pooled", self.where, self.engine)
         return session
 
+    @property
+    def idle_sessions(self) -> int:
+        """Sessions kept open for the next operation."""
+        with self._lock:
+            return len(self._idle)
+
     def _connection_opened(self, tell: Callable[[], None] | None) -> None:
         with self._lock:
             self.connections_opened += 1

@@ -237,3 +237,28 @@ import time; time.sleep(60)
     assert directory.exists() is False
     agents = subprocess.run(["pgrep", "-f", f"ssh-agent -D -a {directory}/agent.sock"], capture_output=True)
     assert agents.stdout == b""
+
+
+@pytest.mark.parametrize("engine", ["openssh", "paramiko"])
+def test_a_retired_key_drops_its_files_and_what_runs_finishes(target, remote_dir, engine):
+    # PATCH of an infrastructure retires its pooled connection: the data sessions opened with the old
+    # settings must go with it (idle ones at once, the one in use when it is given back), and the next
+    # caller must get files over the new connection; a write under way is not cut off.
+    from hpc.ssh import SSHPool
+
+    pool = SSHPool(engine, io_timeout=20)
+    try:
+        old = pool.files("tb", target)
+        writer = old.open_writer(f"{remote_dir}/busy", create=True)  # a session in use across the retire
+        assert old.stat(remote_dir).is_dir  # another session, then kept idle
+        assert old.idle_sessions == 1
+        pool.retire("tb", grace=10)
+        assert old.idle_sessions == 0
+        new = pool.files("tb", target)
+        assert new is not old
+        writer.write(b"x" * 1000)
+        writer.close()
+        assert old.idle_sessions == 0  # given back to retired files: closed, not kept
+        assert new.stat(f"{remote_dir}/busy").size == 1000
+    finally:
+        pool.close_all()
