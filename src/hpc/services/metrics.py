@@ -105,7 +105,7 @@ TRANSFERS_ENDED = Counter(
 # -- SSH -----------------------------------------------------------------------------------------------
 
 SSH_CONNECTIONS = Counter(
-    "hpc_ssh_connections_opened", "SSH connections (transports) opened.", ["infrastructure"], registry=REGISTRY)
+    "hpc_ssh_connections_opened", "SSH connections opened (transports; ssh processes of the data engine).", ["infrastructure"], registry=REGISTRY)
 SSH_COMMANDS = Counter(
     "hpc_ssh_commands", "Remote commands run over SSH.", ["infrastructure"], registry=REGISTRY)
 SSH_COMMAND_DURATION = Histogram(
