@@ -222,15 +222,14 @@ class EventStream:
                                  type=query.get("type"))
         except DomainError:
             return None
-        if "last_event_id" in query:
-            resume = query["last_event_id"][-1]
-        elif b"last-event-id" in headers:
-            resume = headers[b"last-event-id"].decode("latin-1")
-        else:
-            resume = ""
-        if ("last_event_id" in query or b"last-event-id" in headers) and not (
-                resume.isascii() and resume.isdigit() and len(resume) < 19):
-            return None  # present but empty or not a number: Connexion answers 400 naming it
+        given = [query["last_event_id"][-1]] if "last_event_id" in query else []
+        if b"last-event-id" in headers:
+            given.append(headers[b"last-event-id"].decode("latin-1"))
+        if not all(value.isascii() and value.isdigit() and len(value) < 19 for value in given):
+            # Present but empty or not a number, the parameter or the header (each is checked even when
+            # both are sent and the parameter wins): Connexion answers 400 naming it.
+            return None
+        resume = given[0] if given else ""
         follow = query.get("follow", ["true"])[-1].lower()
         if follow not in ("true", "false", "1", "0"):
             return None
