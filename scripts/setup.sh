@@ -14,6 +14,13 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v hey >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk hey >/dev/null
 fi
 
+# rclone: the peer bench/e2e.py measures the gateway against, for one big object and 2,000 small files (its smoke
+# run is part of the test suite): what a user would reach for to copy between S3 and an SFTP server.
+if ! command -v rclone >/dev/null 2>&1; then
+  echo "[setup] installing rclone"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q rclone >/dev/null
+fi
+
 # podman, buildah, runc, debootstrap, slirp4netns: the container image test builds and runs the image
 # (scripts/image.sh; the image itself is built, and cached, when that test runs).
 bash scripts/image.sh install

@@ -100,6 +100,13 @@ class Config:
     sftp_parallel_threshold: int = 256 * 1024**2  # files from this size use sftp_streams
     s3_part_size: int = 16 * 1024**2  # multipart part size (grown to stay under 10000 parts)
     s3_concurrency: int = 4  # parts uploaded at once
+    # How bulk data reaches clusters: "openssh" (an ssh process per SFTP session: crypto in C, on another
+    # core; needs the OpenSSH client), "paramiko" (in the gateway process), or "auto" (openssh if installed).
+    ssh_data_engine: str = "auto"
+    transfer_stall_timeout: float = 30.0  # seconds a source may send nothing mid-body: then it "stalled"
+    transfer_io_timeout: float = 60.0  # seconds an SFTP session to a cluster may stay silent
+    transfer_verify_every: int = 32 * 1024**2  # range checked on the cluster as it arrives; checkpoint step
+    batch_concurrency: int = 8  # files of a batch (directory, prefix, URL list) read at once
     # Events and webhooks (hpc.services.webhooks, hpc.api.sse). Webhook URLs pass the same address
     # policy as transfer sources (source_allow_networks).
     webhook_workers: int = 8  # deliveries under way at once in this process
@@ -252,6 +259,13 @@ def _parse_networks(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _parse_engine(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("auto", "openssh", "paramiko"):
+        raise ConfigError(f"not an SSH data engine: {value!r} (auto, openssh or paramiko)")
+    return text
+
+
 def _positive(value: Any) -> float:
     number = float(value)
     if not number > 0:
@@ -287,6 +301,11 @@ _CONVERTERS = {
     "sftp_parallel_threshold": parse_size,
     "s3_part_size": parse_size,
     "s3_concurrency": int,
+    "ssh_data_engine": _parse_engine,
+    "transfer_stall_timeout": float,
+    "transfer_io_timeout": float,
+    "transfer_verify_every": parse_size,
+    "batch_concurrency": int,
     "webhook_workers": int,
     "webhook_per_subscription": int,
     "webhook_timeout": float,

@@ -870,6 +870,184 @@ class MoveRequest(BaseModel):
     dst: str = Field(..., max_length=4096, min_length=1)
 
 
+class IncludeItem(RootModel[str]):
+    root: str = Field(..., max_length=1024, min_length=1)
+
+
+class ExcludeItem(RootModel[str]):
+    root: str = Field(..., max_length=1024, min_length=1)
+
+
+class BatchSelection(BaseModel):
+    """
+    (extension) Which files of a directory or prefix a batch takes.
+    """
+
+    include: list[IncludeItem] | None = Field(
+        None,
+        description='Shell patterns (`*`, `?`, `[...]`); a file is taken if it matches one (all files when empty). A pattern with a `/` is matched against the relative path, one without against the file name.',
+        max_length=100,
+    )
+    exclude: list[ExcludeItem] | None = Field(
+        None,
+        description='Shell patterns as in `include`; a file matching one is left out.',
+        max_length=100,
+    )
+    recursive: bool | None = Field(
+        True, description='Also take the files of subdirectories.'
+    )
+
+
+class S3DataBatchRequest(BatchSelection):
+    endpoint: str = Field(..., max_length=2048, min_length=1)
+    bucket: str = Field(..., max_length=255, min_length=1)
+    prefix: str | None = Field(
+        '',
+        description='A "directory" of the bucket (a trailing / is implied); empty: the whole bucket.',
+        max_length=1024,
+    )
+    region: str | None = Field('local', max_length=64)
+    access_key: str = Field(..., max_length=1024, min_length=1)
+    secret_key: str = Field(..., max_length=1024, min_length=1)
+    dst: str = Field(
+        ...,
+        description='Directory on the cluster (relative to home unless absolute); created if missing.',
+        max_length=4096,
+        min_length=1,
+    )
+    infrastructure: str = Field(..., max_length=128, min_length=1)
+
+
+class S3ResultBatchRequest(BatchSelection):
+    endpoint: str = Field(..., max_length=2048, min_length=1)
+    bucket: str = Field(..., max_length=255, min_length=1)
+    prefix: str | None = Field(
+        '',
+        description='Objects are written as prefix/relative-path (a trailing / is implied).',
+        max_length=1024,
+    )
+    region: str | None = Field('local', max_length=64)
+    access_key: str = Field(..., max_length=1024, min_length=1)
+    secret_key: str = Field(..., max_length=1024, min_length=1)
+    src: str = Field(
+        ...,
+        description='Directory on the cluster (relative to home unless absolute).',
+        max_length=4096,
+        min_length=1,
+    )
+    infrastructure: str = Field(..., max_length=128, min_length=1)
+
+
+class DataBatchFile(BaseModel):
+    src: str = Field(
+        ..., description='http:// or https:// URL', max_length=8192, min_length=1
+    )
+    path: str | None = Field(
+        None,
+        description="Relative path under dst (default: the URL's last path segment).",
+        max_length=4000,
+        min_length=1,
+    )
+
+
+class DataBatchRequest(BaseModel):
+    files: list[DataBatchFile] = Field(..., max_length=1000, min_length=1)
+    dst: str = Field(
+        ...,
+        description='Directory on the cluster; created if missing.',
+        max_length=4096,
+        min_length=1,
+    )
+    infrastructure: str = Field(..., max_length=128, min_length=1)
+
+
+class Kind4(Enum):
+    http = 'http'
+    s3_data = 's3_data'
+    s3_result = 's3_result'
+
+
+class BatchStatus(BaseModel):
+    """
+    (extension) A batch and its totals; each file's outcome is in /batch/{batch_id}/files.
+    """
+
+    id: UUID
+    kind: Kind4
+    infrastructure: str
+    state: TransferState
+    reason: str
+    src: str | None = Field(
+        None,
+        description='What is read: a cluster directory, s3://bucket/prefix/, or "N URL(s)".',
+    )
+    dst: str | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    region: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    recursive: bool | None = None
+    parent: str | None = None
+    files_total: int | None = Field(
+        None, description='Known once the source is listed.'
+    )
+    files_done: int
+    files_failed: int
+    bytes_done: int
+    bytes_total: int | None = None
+    percent: float | None = None
+    rate: float | None = Field(
+        None, description='Bytes per second over the last seconds.'
+    )
+    eta: float | None = None
+    manifest: str | None = Field(
+        None,
+        description="The manifest's path on the cluster (sha256sum format), once written.",
+    )
+    attempts: int
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    updated_at: AwareDatetime
+
+
+class State2(Enum):
+    queued = 'queued'
+    completed = 'completed'
+    failed = 'failed'
+
+
+class BatchFile(BaseModel):
+    number: int
+    path: str = Field(..., description="Relative to the batch's directory or prefix.")
+    src: str = Field(
+        ...,
+        description='Where it is read from: an object key, a cluster path, a URL (credentials redacted).',
+    )
+    size: int | None = None
+    state: State2
+    reason: str
+    sha256: str | None = Field(
+        None, description='SHA-256 of the file, checked at the destination.'
+    )
+
+
+class BatchFileList(BaseModel):
+    items: list[BatchFile]
+    total: int
+    limit: int
+    offset: int
+
+
+class BatchList(BaseModel):
+    items: list[BatchStatus]
+    total: int
+    limit: int
+    offset: int
+
+
 class InfrastructureSettings(BaseModel):
     """
     (extension) Site-specific settings of an infrastructure.

@@ -83,3 +83,34 @@ def transfer_status(row: dict[str, Any]) -> dict[str, Any]:
 def transfer_list(rows: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
     return _dump(models.TransferList(items=[models.TransferStatus.model_validate(transfer_status(r)) for r in rows],
                                      total=total, limit=limit, offset=offset))
+
+
+def batch_status(row: dict[str, Any]) -> dict[str, Any]:
+    """A batch's record, with its totals (never its keys or full URLs)."""
+    state = row["state"]
+    done, total = row["bytes_done"] or 0, row["bytes_total"]
+    running = state in ("transferring", "verifying")
+    rate = row["rate"] if running else None
+    left = 0.0 if state == "completed" else (eta(done, total, rate) if state == "transferring" else None)
+    options = row["options"] or {}
+    return _dump(models.BatchStatus(
+        id=row["id"], kind=row["kind"], infrastructure=row["infrastructure"], state=state, reason=row["reason"] or "",
+        src=row["src"], dst=row["dst"], endpoint=row["endpoint"], bucket=row["bucket"], prefix=row["prefix"],
+        region=row["region"], include=options.get("include"), exclude=options.get("exclude"),
+        recursive=options.get("recursive"), parent=row["parent"], files_total=row["files_total"],
+        files_done=row["files_done"] or 0, files_failed=row["files_failed"] or 0, bytes_done=done, bytes_total=total,
+        percent=percent(done, total), rate=round(rate, 1) if rate is not None else None,
+        eta=round(left, 1) if left is not None else None, manifest=row["manifest"], attempts=row["attempts"] or 0,
+        created_at=row["created_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+        updated_at=row["updated_at"],
+    ))
+
+
+def batch_list(rows: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
+    return {"items": [batch_status(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def batch_files(rows: list[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
+    items = [_dump(models.BatchFile(number=r["number"], path=r["path"], src=r["src"], size=r["size"], state=r["state"],
+                                    reason=r["reason"] or "", sha256=r["sha256"])) for r in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}

@@ -4,7 +4,7 @@ A scheduler adapter is pure: it builds command strings and batch scripts and par
 printed, given as ``(exit_code, stdout, stderr)``. It never runs anything, reads no clock and touches no
 file or database; only the service layer runs the commands (through the SSH runner) and stores results.
 
-Every value that reaches a remote shell goes through :func:`hpc.ssh.quoting.quote` exactly once.
+Every value that reaches a remote shell goes through :func:`hpc.shell.quote` exactly once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from hpc.schedulers.arrays import ArraySpec, NativeDependency
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 from hpc.states import JOB_ENDED_STATES
 
 log = logging.getLogger(__name__)

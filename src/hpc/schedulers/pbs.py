@@ -46,7 +46,7 @@ from hpc.schedulers.pbs_formats import (
     requested_id,
 )
 from hpc.schedulers.slurm import TRANSIENT as SLURM_TRANSIENT
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from hpc.schedulers.base import (
     sanitize_job_name,
     submit_wrapper,
 )
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 log = logging.getLogger(__name__)
 

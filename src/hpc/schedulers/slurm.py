@@ -26,7 +26,7 @@ from hpc.schedulers.base import (
     submit_wrapper,
     with_rc_marks,
 )
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ registered, from the shell's own lexical rules):
 - *word context*: outside any quoting, where a shell word or part of one stands: an argument, an
   assignment's value (``N={{n}}``), part of a word (``--input={{path}}``), a redirection target, also
   inside ``$(...)``, ``<(...)`` and ``(...)``. The value becomes ONE single-quoted shell word
-  (:func:`shell_word`, the one helper, over :func:`hpc.ssh.quoting.quote`), so whatever it holds (blanks,
+  (:func:`shell_word`, the one helper, over :func:`hpc.shell.quote`), so whatever it holds (blanks,
   quotes, ``$(...)``, backticks, newlines, a line reading ``EOF``) reaches the program as that exact
   string. An array becomes one such word per item, separated by one space, and must stand as a whole
   word (not glued to other text, not as a redirection target).
@@ -49,7 +49,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 PLACEHOLDER = re.compile(r"\{\{[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*\}\}")
 WORD, COMMENT = "word", "comment"

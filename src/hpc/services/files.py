@@ -360,7 +360,7 @@ class FileService:
 
     def _open(self, infra: dict[str, Any], action: str) -> SFTPFiles:
         try:
-            return SFTPFiles(self.infrastructures.connection(infra).open_sftp(), self.config.ssh_command_timeout)
+            return SFTPFiles.open(self.infrastructures.connection(infra), self.config.ssh_command_timeout)
         except SSHError as exc:
             raise ssh_failure(exc, action) from None
 

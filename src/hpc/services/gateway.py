@@ -33,7 +33,7 @@ class Gateway:
         self.config = config
         self.store = store or open_store(config.resolved_database_url)
         self.secrets = SecretBox.from_config(config.encryption_key, config.resolved_encryption_key_file)
-        self.pool = SSHPool()
+        self.pool = SSHPool(config.ssh_data_engine, config.transfer_io_timeout, config.ssh_command_timeout)
         self.infrastructures = InfrastructureService(config, self.store, self.secrets, self.pool, self.active_work)
         self.templates = TemplateService(self.store)
         self.jobs = JobService(config, self.store, self.infrastructures, self.templates)

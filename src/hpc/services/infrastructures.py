@@ -25,6 +25,7 @@ from hpc.schedulers import SchedulerCommandError, SchedulerParseError, get_sched
 from hpc.security import Principal, SecretBox, fingerprint
 from hpc.services import metrics
 from hpc.ssh import (
+    ClusterFiles,
     CommandResult,
     SSHAuthFailed,
     SSHConnection,
@@ -41,6 +42,7 @@ from hpc.ssh import (
 from hpc.staging.addresses import AddressPolicy, parse_networks
 from hpc.staging.errors import SourceError, UnsafeAddress
 from hpc.store import DuplicateKey, Store
+from hpc.transport import TransportError
 from hpc.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,8 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise InvalidInput(f"settings.{field} must be a path without control characters", f"settings.{field}")
 
 
-def ssh_failure(exc: SSHError, action: str) -> Exception:
-    """The domain error for an SSH failure on a registered infrastructure."""
+def ssh_failure(exc: TransportError, action: str) -> Exception:
+    """The domain error for an SSH (or SFTP) failure on a registered infrastructure."""
     if isinstance(exc, SSHTimeout):
         return ClusterTimeout(f"{action}: {exc.reason}")
     return ClusterUnavailable(f"{action}: {exc.reason}")
@@ -432,17 +434,19 @@ class InfrastructureService:
         except SSHError as exc:
             raise ssh_failure(exc, action) from None
 
+    def cluster_files(self, row: dict[str, Any]) -> ClusterFiles:
+        """The infrastructure's shell and files (:class:`hpc.transport.ClusterFiles`), kept with its connection."""
+        name = row["name"]
+        return self.pool.files(name, self.target_of(row), lambda conn: metrics.metered(conn, name),
+                               lambda: metrics.ssh_connection_opened(name))
+
     @contextmanager
-    def sftp(self, row: dict[str, Any], action: str) -> Iterator[Any]:
-        """An SFTP client on the infrastructure's pooled connection, closed on exit."""
+    def files(self, row: dict[str, Any], action: str) -> Iterator[ClusterFiles]:
+        """The infrastructure's files; transport faults inside the block become domain errors naming ``action``."""
         try:
-            client = self.connection(row).open_sftp()
-        except SSHError as exc:
+            yield self.cluster_files(row)
+        except TransportError as exc:
             raise ssh_failure(exc, action) from None
-        try:
-            yield client
-        finally:
-            client.close()
 
     # -- telemetry ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 from hpc.schedulers import CANCEL_REQUESTED, JobState, NativeStatus, advance, final_state_from_exit_code, is_terminal
 from hpc.schedulers.arrays import array_state, index_runs
-from hpc.ssh import quote
+from hpc.shell import quote
 from hpc.states import JOB_ENDED_STATES
 
 MISSING_POLLS_LIMIT = 3

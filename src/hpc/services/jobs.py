@@ -29,7 +29,6 @@ import json
 import logging
 import posixpath
 import re
-import stat
 import threading
 import time
 import uuid
@@ -62,11 +61,12 @@ from hpc.services import metrics
 from hpc.services import job_arrays, job_dependencies
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
-from hpc.ssh import quote
+from hpc.shell import quote
 from hpc.staging.paths import inside, resolve_roots
 from hpc.states import JOB_ENDED_STATES
 from hpc.store import DuplicateKey, Store
 from hpc.store.tables import utcnow
+from hpc.transport import NO_SUCH_FILE, PERMISSION_DENIED, NotADirectory, RemoteFileError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,9 @@ def whole_characters(data: bytes, limit: int, at_file_end: bool, final: bool) ->
 
 
 # errno of an SFTP failure that retrying cannot cure. OpenSSH's sftp-server maps ENOENT and ENOTDIR to
-# SSH_FX_NO_SUCH_FILE, EACCES and EPERM to SSH_FX_PERMISSION_DENIED; paramiko raises those as IOError
-# with errno ENOENT and EACCES. Other failures (SSH_FX_FAILURE, a lost connection) may pass.
+# SSH_FX_NO_SUCH_FILE, EACCES and EPERM to SSH_FX_PERMISSION_DENIED (hpc.transport gives that status code;
+# an OSError carries the errno). Other failures (SSH_FX_FAILURE, a lost connection) may pass, except a
+# component of the path that exists and is not a directory (hpc.transport.NotADirectory).
 _PERMANENT_ERRNO = {
     errno.ENOENT: "no such file or directory",
     errno.ENOTDIR: "not a directory",
@@ -187,15 +188,21 @@ _PERMANENT_ERRNO = {
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
 }
+_PERMANENT_STATUS = {NO_SUCH_FILE: "no such file or directory", PERMISSION_DENIED: "permission denied"}
 
 
 def job_dir_failure(exc: BaseException, job_dir: str) -> str | None:
-    """Why the job's files can never be written, by the error's errno; None when a retry may succeed."""
-    if not isinstance(exc, OSError) or exc.errno not in _PERMANENT_ERRNO:
+    """Why the job's files can never be written, by the error's type, SFTP status or errno (never its
+    text); None when a retry may succeed."""
+    if isinstance(exc, NotADirectory):
+        where, what = exc.path or job_dir, "not a directory"
+    elif isinstance(exc, RemoteFileError) and exc.status in _PERMANENT_STATUS:
+        where, what = exc.path or job_dir, _PERMANENT_STATUS[exc.status]
+    elif isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNO:
+        where, what = exc.filename or job_dir, _PERMANENT_ERRNO[exc.errno]
+    else:
         return None
-    where = exc.filename or job_dir
-    return (f"cannot write the job's files in {job_dir}: {where}: {_PERMANENT_ERRNO[exc.errno]} "
-            "(check the infrastructure's job_root setting)")
+    return f"cannot write the job's files in {job_dir}: {where}: {what} (check the infrastructure's job_root setting)"
 
 
 def _epoch(text: str | None) -> datetime | None:
@@ -542,16 +549,12 @@ class JobService:
             return result  # not yet submitted: nothing written
         infra = self.infrastructures.get(row["infrastructure"])
         path = f"{row['job_dir']}/{stream}" if task is None else f"{row['job_dir']}/output/{task}.{stream}"
-        with self.infrastructures.sftp(infra, "reading job output") as sftp:
-            try:
-                size = sftp.stat(path).st_size
-            except FileNotFoundError:
+        with self.infrastructures.files(infra, "reading job output") as files:
+            info = files.stat(path)
+            if info is None:
                 return result
-            data = b""
-            if offset < size:
-                with sftp.open(path, "rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read(min(length + 3, size - offset))
+            size = info.size
+            data = files.read_file(path, offset, min(length + 3, size - offset)) if offset < size else b""
         data, eof = whole_characters(data, length, offset + len(data) >= size, state in ENDED)
         result.update(size=size, data=data.decode("utf-8", errors="replace"), next_offset=offset + len(data),
                       eof=eof)
@@ -757,10 +760,18 @@ class JobService:
             job_dir = row["job_dir"] or self._job_dir(infra, home, job_id)
             plan = self._plan(row, infra, home, job_dir, tuple(dep for _, dep in native))
             self.store.jobs.update(job_id, job_dir=job_dir)
-            with self.infrastructures.sftp(infra, "writing the job's files") as sftp:
-                self._mkdirs(sftp, job_dir)
-                self._put(sftp, plan.spec.payload, plan.payload.encode(), 0o700)
-                self._put(sftp, plan.script_path, plan.script.encode(), 0o700)
+            try:
+                files = self.infrastructures.cluster_files(infra)
+                files.mkdir(job_dir, 0o700)
+                files.write_file(plan.spec.payload, plan.payload.encode(), 0o700)
+                files.write_file(plan.script_path, plan.script.encode(), 0o700)
+            except TransportError as exc:
+                permanent = job_dir_failure(exc, job_dir)
+                if permanent:
+                    self._end(row, "failed", reason=permanent)
+                    return
+                self._retry_submission(row, f"writing the job's files failed: {exc.reason}")
+                return
             current = self.store.jobs.get(job_id)
             if current["cancel_requested"]:
                 self._end(row, "cancelled", reason=current["cancel_reason"] or "cancelled before it was submitted")
@@ -772,13 +783,6 @@ class JobService:
             return
         except DomainError as exc:
             self._retry_submission(row, exc.detail)
-            return
-        except (OSError, EOFError) as exc:  # SFTP faults surface as IOError from paramiko
-            permanent = job_dir_failure(exc, self.store.jobs.get(job_id)["job_dir"] or "")
-            if permanent:
-                self._end(row, "failed", reason=permanent)
-                return
-            self._retry_submission(row, f"writing the job's files failed: {exc}")
             return
         try:
             scheduler_id = scheduler.parse_submit(result.exit_code, result.stdout, result.stderr)
@@ -906,26 +910,6 @@ class JobService:
         settings = infra["settings"] or {}
         launcher = settings.get("mpi_launcher", "mpirun -n {num_mpi_procs}")
         return serrano.render_payload(spec["services"], spec["params"], home=home, launcher=launcher)
-
-    @staticmethod
-    def _mkdirs(sftp, path: str) -> None:
-        parts = path.strip("/").split("/")
-        current = ""
-        for part in parts:
-            current += "/" + part
-            try:
-                attributes = sftp.stat(current)
-            except FileNotFoundError:
-                sftp.mkdir(current, 0o700)
-                continue
-            if not stat.S_ISDIR(attributes.st_mode or 0):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", current)
-
-    @staticmethod
-    def _put(sftp, path: str, data: bytes, mode: int) -> None:
-        with sftp.open(path, "wb") as handle:
-            handle.write(data)
-        sftp.chmod(path, mode)
 
     # -- tracking -----------------------------------------------------------------------------
 

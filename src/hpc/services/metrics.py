@@ -105,7 +105,7 @@ TRANSFERS_ENDED = Counter(
 # -- SSH -----------------------------------------------------------------------------------------------
 
 SSH_CONNECTIONS = Counter(
-    "hpc_ssh_connections_opened", "SSH connections (transports) opened.", ["infrastructure"], registry=REGISTRY)
+    "hpc_ssh_connections_opened", "SSH connections opened (transports; ssh processes of the data engine).", ["infrastructure"], registry=REGISTRY)
 SSH_COMMANDS = Counter(
     "hpc_ssh_commands", "Remote commands run over SSH.", ["infrastructure"], registry=REGISTRY)
 SSH_COMMAND_DURATION = Histogram(
@@ -211,9 +211,16 @@ def ssh_failure_kind(exc: BaseException) -> str:
     return "other"
 
 
+@_safe
+def ssh_connection_opened(infrastructure: str) -> None:
+    """An SSH connection opened outside a metered connection (an ``ssh`` process of the OpenSSH data
+    engine)."""
+    SSH_CONNECTIONS.labels(infrastructure).inc()
+
+
 class MeteredConnection:
     """An ``hpc.ssh.SSHConnection`` seen through the metrics: every command (count, duration, failure),
-    SFTP session opened (failure), and connection the wrapped object opened (read from its public
+    SFTP session opened on it (failure), and connection the wrapped object opened (read from its public
     ``connections_opened`` counter after each call). Everything else is passed through unchanged."""
 
     def __init__(self, connection, infrastructure: str):
@@ -268,6 +275,15 @@ class MeteredConnection:
     def open_sftp(self):
         try:
             return self._connection.open_sftp()
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._opened()
+
+    def open_stream(self, *args: Any, **kwargs: Any):
+        try:
+            return self._connection.open_stream(*args, **kwargs)
         except Exception as exc:
             self._failed(exc)
             raise

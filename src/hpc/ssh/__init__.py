@@ -1,12 +1,12 @@
-"""SSH access to infrastructures: quoting, connections, host keys, errors.
+"""SSH access to infrastructures: connections, host keys, commands, and the cluster's files.
 
-Depends on nothing else in ``hpc``: api -> services -> {schedulers, staging, ssh, store}.
+Everything on the wire to a cluster goes through this package; what leaves it are plain types
+(:mod:`hpc.transport`). It depends on nothing else in ``hpc`` but those two dependency-free modules:
+api -> services -> {schedulers, staging, ssh, store}.
 """
 
 from hpc.ssh.client import (
     PREFERRED_CIPHERS,
-    SFTP_REQUEST_SIZE,
-    CommandResult,
     SSHConnection,
     SSHPool,
     SSHTarget,
@@ -22,13 +22,16 @@ from hpc.ssh.errors import (
     SSHTimeout,
     SSHUnreachable,
 )
+from hpc.ssh.files import ENGINES, ClusterFiles
 from hpc.ssh.hostkeys import fingerprint, host_key_name, parse_host_key
 from hpc.ssh.keys import load_private_key
-from hpc.ssh.quoting import join, quote
+from hpc.shell import join, quote
+from hpc.transport import CommandResult
 
 __all__ = [
+    "ENGINES",
     "PREFERRED_CIPHERS",
-    "SFTP_REQUEST_SIZE",
+    "ClusterFiles",
     "CommandResult",
     "SSHAuthFailed",
     "SSHChannelError",

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE
@@ -37,14 +38,9 @@ from hpc.ssh.hostkeys import (
     preferred_key_types,
 )
 from hpc.ssh.keys import load_private_key
+from hpc.transport import CommandResult
 
 log = logging.getLogger(__name__)
-
-# sftp-server's advertised maximum request size. paramiko caps every SFTP
-# read/write at SFTPFile.MAX_REQUEST_SIZE (32 KiB); raising it to this value
-# doubles put throughput (shared/PERFORMANCE-NOTES.md). The staging layer
-# applies it; this module does not change the paramiko global.
-SFTP_REQUEST_SIZE = 261120
 
 # AES-GCM is 1.1-1.3x faster than paramiko's default aes128-ctr+hmac on
 # machines with AES-NI (shared/PERFORMANCE-NOTES.md); the defaults follow.
@@ -89,24 +85,6 @@ class SSHTarget:
     connect_timeout: float = 10.0
     keepalive: int = 15
     max_channels: int = 8
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """Outcome of one remote command.
-
-    Attributes:
-        exit_code: The command's exit status; -1 if it died of a signal
-            (paramiko does not report exit-signal).
-        stdout: Standard output, decoded as UTF-8 with replacement characters.
-        stderr: Standard error, decoded the same way.
-        truncated: True if either stream exceeded the output cap and was cut.
-    """
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    truncated: bool = False
 
 
 class SSHConnection:
@@ -168,6 +146,17 @@ class SSHConnection:
             self.connect()
         assert self._server_key is not None
         return fingerprint(self._server_key)
+
+    @property
+    def username(self) -> str:
+        """The remote user (the local user's name when the target names none, as OpenSSH does)."""
+        return self.target.username or _local_user()
+
+    def client_key_id(self) -> str:
+        """SHA256 fingerprint of the client key (loaded, and decrypted, on first use)."""
+        if self._pkey is None:
+            self._pkey = load_private_key(self.target.key_path, self.target.key_data, self.target.passphrase)
+        return fingerprint(self._pkey)
 
     def is_alive(self) -> bool:
         """Whether the transport is up and authenticated (no round trip)."""
@@ -387,7 +376,7 @@ class SSHConnection:
         in ``timeout(1)`` remotely when that matters.
 
         Args:
-            command: The command line; quote every value with :func:`hpc.ssh.quoting.quote`.
+            command: The command line; quote every value with :func:`hpc.shell.quote`.
             stdin: Bytes fed to the command's standard input (EOF is sent in any case).
             timeout: Seconds for the whole command, including waiting for a free channel.
             max_output: Bytes kept per stream; the rest is read and dropped.
@@ -491,10 +480,11 @@ class SSHConnection:
             return transport, channel
         raise AssertionError("unreachable")
 
-    # -- SFTP -------------------------------------------------------------
+    # -- subsystems (SFTP) ------------------------------------------------
 
     def open_sftp(self) -> paramiko.SFTPClient:
-        """Open an SFTP session on a new channel of the pooled transport.
+        """Open an SFTP session on a new channel of the pooled transport (paramiko's client, for the
+        few file operations :mod:`hpc.ssh.cluster_files` makes; the data path is :mod:`hpc.ssh.files`).
 
         The session counts against ``max_channels`` until it is closed; close it
         (or use it as a context manager). Never share one SFTP client between
@@ -537,6 +527,46 @@ class SSHConnection:
             release()
             raise
 
+    def open_stream(self, subsystem: str = "sftp", timeout: float | None = None) -> "ChannelStream":
+        """Start a subsystem on a new channel of the pooled transport: a byte stream to it.
+
+        The channel counts against ``max_channels`` until the stream is closed. Used by
+        :mod:`hpc.ssh.files` for SFTP when the gateway's data path runs over paramiko.
+
+        Raises:
+            SSHTimeout: No channel slot freed within ``connect_timeout``.
+            SSHChannelError: The server refused the channel or the subsystem.
+            SSHError: Any connection error of :meth:`connect`.
+        """
+        where = f"{self.target.host}:{self.target.port}"
+        if not self._channels.acquire(timeout=self.target.connect_timeout):
+            raise SSHTimeout(f"no free channel on {where} within {self.target.connect_timeout:g}s")
+        release = _Once(self._channels.release)
+        try:
+            for attempt in (1, 2):
+                transport = self._ensure_transport()
+                try:
+                    channel = transport.open_session(timeout=self.target.connect_timeout)
+                except paramiko.ChannelException as e:
+                    raise SSHChannelError(f"{where} refused a channel: {e}") from None
+                except (paramiko.SSHException, EOFError, OSError) as e:
+                    self._discard(transport)
+                    if attempt == 1:
+                        continue
+                    raise SSHChannelError(f"cannot open a channel on {where}: {e}") from None
+                try:
+                    channel.invoke_subsystem(subsystem)
+                except (paramiko.SSHException, EOFError, OSError) as e:
+                    channel.close()
+                    raise SSHChannelError(f"{subsystem} subsystem on {where} failed: {e}") from None
+                stream = ChannelStream(channel, timeout or self.target.connect_timeout * 6, release)
+                weakref.finalize(stream, release)
+                return stream
+            raise AssertionError("unreachable")
+        except BaseException:
+            release()
+            raise
+
 
 class _Once:
     """Calls a function at most once (a semaphore slot is released exactly once)."""
@@ -552,6 +582,39 @@ class _Once:
                 return
             self._done = True
         self._fn()
+
+
+class ChannelStream:
+    """A paramiko channel as the byte stream :class:`hpc.ssh.sftp.SFTPSession` speaks over."""
+
+    def __init__(self, channel: paramiko.Channel, timeout: float, release: Callable[[], None]):
+        self._channel = channel
+        self._release = release
+        self.on_close: Callable[[], None] | None = None
+        channel.settimeout(timeout)
+
+    def send(self, parts) -> None:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while len(view):
+                # Channel.send takes any buffer and sends what the window allows, without copying the rest.
+                sent = self._channel.send(view)
+                if sent <= 0:
+                    raise EOFError()
+                view = view[sent:]
+
+    def recv_into(self, buffer: memoryview) -> int:
+        data = self._channel.recv(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._channel.close()
+        finally:
+            self._release()
+            if self.on_close is not None:
+                self.on_close()
 
 
 class _PooledSFTPClient(paramiko.SFTPClient):
@@ -571,9 +634,13 @@ class _PooledSFTPClient(paramiko.SFTPClient):
 class SSHPool:
     """Keeps one SSHConnection per key (infrastructure name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_engine: str = "auto", io_timeout: float = 60.0, command_timeout: float = 60.0) -> None:
         self._lock = threading.Lock()
         self._connections: dict[str, SSHConnection] = {}
+        self._files: dict[str, tuple[SSHConnection, Any]] = {}  # key -> (pooled connection, its ClusterFiles)
+        self.data_engine = data_engine
+        self.io_timeout = io_timeout
+        self.command_timeout = command_timeout
 
     def get(self, key: str, target: SSHTarget) -> SSHConnection:
         """Return the connection of ``key``, replacing it if the target changed.
@@ -597,12 +664,38 @@ class SSHPool:
             stale.close()
         return conn
 
+    def files(self, key: str, target: SSHTarget, view: Callable[[SSHConnection], Any] | None = None,
+              on_connection: Callable[[], None] | None = None):
+        """The :class:`~hpc.ssh.files.ClusterFiles` over the connection of ``key`` (kept with it).
+
+        ``view`` wraps the connection the files use for commands and sessions (the service's metered view
+        of it); the pooled connection is what decides whether the kept files are still current.
+        ``on_connection`` is called for each ``ssh`` process the OpenSSH data engine starts.
+        """
+        from hpc.ssh.files import ClusterFiles
+
+        conn = self.get(key, target)
+        with self._lock:
+            pooled, files = self._files.get(key, (None, None))
+            if files is not None and pooled is conn:
+                return files
+            stale = files
+            files = ClusterFiles(view(conn) if view else conn, self.data_engine, self.io_timeout,
+                                 self.command_timeout, on_connection)
+            self._files[key] = (conn, files)
+        if stale is not None:
+            stale.close()
+        return files
+
     def retire(self, key: str, grace: float) -> None:
         """Forget the connection of ``key`` at once (the next :meth:`get` opens a new one) and close it in
         the background once the commands and SFTP sessions using it have ended, or after ``grace`` seconds:
         what runs when an infrastructure's connection changes is not cut off."""
         with self._lock:
             conn = self._connections.pop(key, None)
+            _, files = self._files.pop(key, (None, None))
+        if files is not None:
+            files.close()  # its idle data sessions were opened with the old settings; those in use run on
         if conn is not None:
             threading.Thread(target=conn.retire, args=(grace,), name=f"ssh-retire-{key}", daemon=True).start()
 
@@ -610,6 +703,9 @@ class SSHPool:
         """Close and forget the connection of ``key`` (no error if absent)."""
         with self._lock:
             conn = self._connections.pop(key, None)
+            _, files = self._files.pop(key, (None, None))
+        if files is not None:
+            files.close()
         if conn is not None:
             conn.close()
 
@@ -617,19 +713,25 @@ class SSHPool:
         """Close and forget every connection."""
         with self._lock:
             conns = list(self._connections.values())
+            files = [item for _, item in self._files.values()]
             self._connections.clear()
-        for conn in conns:
-            conn.close()
+            self._files.clear()
+        for item in files + conns:
+            item.close()
 
     def stats(self) -> dict:
-        """Counters per key: ``{key: {"connections_opened", "commands_run", "alive"}}``."""
+        """Counters per key: ``{key: {"connections_opened", "commands_run", "alive",
+        "data_connections_opened"}}``; the last counts the connections its files opened for data beside
+        the pooled one (ssh processes of the OpenSSH engine, dedicated connections for big files)."""
         with self._lock:
             items = list(self._connections.items())
+            files = {key: item for key, (_, item) in self._files.items()}
         return {
             key: {
                 "connections_opened": conn.connections_opened,
                 "commands_run": conn.commands_run,
                 "alive": conn.is_alive(),
+                "data_connections_opened": files[key].connections_opened if key in files else 0,
             }
             for key, conn in items
         }

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import paramiko
 
 from hpc.ssh.errors import SSHChannelError, SSHError, SSHTimeout
-from hpc.ssh.quoting import quote
+from hpc.shell import quote
 
 CHUNK = 1024 * 1024  # bytes held per step of a streamed read
 _PIECE = 32 * 1024  # one SFTP read request (OpenSSH's sftp-server answers at most 256 KiB; paramiko asks 32 KiB)
@@ -118,6 +118,12 @@ class SFTPFiles:
     def __init__(self, sftp: paramiko.SFTPClient, io_timeout: float = 60.0):
         self.sftp = sftp
         sftp.get_channel().settimeout(io_timeout)
+
+    @classmethod
+    def open(cls, connection, io_timeout: float = 60.0) -> SFTPFiles:
+        """A session on ``connection`` (an :class:`~hpc.ssh.client.SSHConnection` or a view of one with
+        its ``open_sftp``): the paramiko client stays inside this package."""
+        return cls(connection.open_sftp(), io_timeout)
 
     def close(self) -> None:
         self.sftp.close()

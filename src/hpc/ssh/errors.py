@@ -6,17 +6,19 @@ carries key material or a passphrase.
 
 from __future__ import annotations
 
+from hpc.transport import TransportError
 
-class SSHError(Exception):
-    """Base of every SSH-layer error.
+
+class SSHError(TransportError):
+    """Base of every SSH-layer error (a :class:`~hpc.transport.TransportError`).
 
     Attributes:
         reason: What went wrong, in words fit for an API error body.
+        retryable: Whether trying again later may succeed (False for refused keys and host keys).
     """
 
     def __init__(self, reason: str):
         super().__init__(reason)
-        self.reason = reason
 
 
 class SSHUnreachable(SSHError):
@@ -30,6 +32,8 @@ class SSHTimeout(SSHError):
 class SSHAuthFailed(SSHError):
     """The server refused the private key."""
 
+    retryable = False
+
 
 class SSHHostKeyMismatch(SSHError):
     """The server presented a host key other than the known one.
@@ -39,6 +43,8 @@ class SSHHostKeyMismatch(SSHError):
         got: SHA256 fingerprint of the key the server presented.
         host_key: The presented key as "type base64".
     """
+
+    retryable = False
 
     def __init__(self, reason: str, *, expected: str = "", got: str = "", host_key: str = ""):
         super().__init__(reason)
@@ -55,6 +61,8 @@ class SSHHostKeyUnknown(SSHError):
         host_key: The presented key as "type base64", for an operator to pin.
     """
 
+    retryable = False
+
     def __init__(self, reason: str, *, got: str = "", host_key: str = ""):
         super().__init__(reason)
         self.got = got
@@ -63,6 +71,8 @@ class SSHHostKeyUnknown(SSHError):
 
 class SSHKeyError(SSHError):
     """The client private key cannot be used: missing, unreadable, not a key, passphrase."""
+
+    retryable = False
 
 
 class SSHChannelError(SSHError):

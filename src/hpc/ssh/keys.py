@@ -35,6 +35,27 @@ def load_private_key(
         SSHKeyError: No key given, both given, file missing or unreadable, not a
             private key, unsupported type, passphrase missing or wrong.
     """
+    return _to_paramiko(_load(key_path, key_data, passphrase))
+
+
+def openssh_private_bytes(
+    key_path: str | None = None,
+    key_data: str | None = None,
+    passphrase: str | None = None,
+) -> bytes:
+    """The private key, decrypted, in OpenSSH format: for a private ssh-agent, through a pipe only.
+
+    The result is a secret: it must never be written to disk or logged.
+
+    Raises:
+        SSHKeyError: As :func:`load_private_key`.
+    """
+    return _load(key_path, key_data, passphrase).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+
+
+def _load(key_path: str | None, key_data: str | None, passphrase: str | None):
     if key_path and key_data:
         raise SSHKeyError("give key_path or key_data, not both")
     if key_path:
@@ -68,7 +89,9 @@ def load_private_key(
     except ValueError:
         raise SSHKeyError("not a private key") from None
     # `from None` everywhere: the chained cryptography exception could quote the data.
-    return _to_paramiko(private)
+    if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise SSHKeyError(f"unsupported private key type: {type(private).__name__}")
+    return private
 
 
 def _read_key_file(key_path: str) -> bytes:

@@ -21,7 +21,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 from hpc.staging.errors import SourceError, UnsafeAddress
 
@@ -164,14 +164,41 @@ def default_port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+# Query parameters that carry credentials in signed and token URLs (compared in lower case): AWS SigV4 and
+# SigV2 presigned URLs, Google Cloud Storage signed URLs, Azure SAS tokens, and the usual token names.
+SECRET_PARAMETERS = frozenset({
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "awsaccesskeyid",
+    "x-goog-signature", "x-goog-credential", "x-goog-security-token", "googleaccessid",
+    "sig", "token", "access_token", "id_token", "refresh_token", "api_key", "apikey", "api-key",
+    "password", "passwd", "secret", "client_secret", "auth", "authorization", "session_token",
+})
+
+
+def _redact_pairs(text: str) -> str:
+    pairs = []
+    for pair in text.split("&"):
+        name, sep, _value = pair.partition("=")
+        if sep and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            pair = f"{name}=***"
+        pairs.append(pair)
+    return "&".join(pairs)
+
+
 def redact_url(url: str) -> str:
-    """The URL with the password of its user-info replaced by ``***`` (for responses and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL as it may be shown (responses, logs, reasons, plain database columns).
+
+    The user-info password and the values of credential query parameters (:data:`SECRET_PARAMETERS`, in
+    the query and in the fragment) are replaced by ``***``; everything else is kept as given.
+    """
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<malformed URL>"
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    return urlunsplit(parts._replace(query=_redact_pairs(parts.query), fragment=_redact_pairs(parts.fragment)))
 
 
 def loggable_url(url: str) -> str:

@@ -31,10 +31,15 @@ class SinkError(StagingError):
 
 
 class RemoteError(StagingError):
-    """An SSH command or SFTP session on the cluster failed (connection lost, refused, timed out)."""
+    """An SSH command or SFTP session on the cluster failed (connection lost, refused, timed out).
 
-    def __init__(self, reason: str, retryable: bool = True):
+    Attributes:
+        status: The SFTP status code the cluster answered, when it answered one.
+    """
+
+    def __init__(self, reason: str, retryable: bool = True, status: int | None = None):
         super().__init__(reason, retryable)
+        self.status = status
 
 
 class InsufficientSpace(StagingError):

@@ -21,7 +21,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from hpc import __version__
 from hpc.staging.addresses import AddressPolicy, loggable_url
@@ -36,6 +36,7 @@ if logging.getLogger("urllib3").level < logging.INFO:
     logging.getLogger("urllib3").setLevel(logging.INFO)
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 MAX_REDIRECTS = 5
+SEND_BLOCK = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -63,8 +64,17 @@ def guarded_pool_classes(policy: AddressPolicy, http_conn=HTTPConnection, https_
     def _new_conn(self):
         return guarded_connect(self, policy)
 
-    conn_http = type("GuardedHTTPConnection", (http_conn,), {"_new_conn": _new_conn})
-    conn_https = type("GuardedHTTPSConnection", (https_conn,), {"_new_conn": _new_conn})
+    def guarded(base: type, name: str) -> type:
+        def __init__(self, *args, **kwargs):
+            # Request bodies (S3 parts) are sent in blocks of this size: urllib3's default of 16 KiB makes a
+            # 16 MiB part a thousand read-and-send steps through Python.
+            kwargs.setdefault("blocksize", SEND_BLOCK)
+            base.__init__(self, *args, **kwargs)
+
+        return type(name, (base,), {"_new_conn": _new_conn, "__init__": __init__})
+
+    conn_http = guarded(http_conn, "GuardedHTTPConnection")
+    conn_https = guarded(https_conn, "GuardedHTTPSConnection")
     return {
         "http": type("GuardedHTTPConnectionPool", (http_pool,), {"ConnectionCls": conn_http}),
         "https": type("GuardedHTTPSConnectionPool", (https_pool,), {"ConnectionCls": conn_https}),
@@ -95,8 +105,9 @@ def guarded_session(policy: AddressPolicy) -> requests.Session:
 
 class _HttpStream:
     def __init__(self, response: requests.Response, start: int, total: int | None, validator: dict[str, Any],
-                 description: str):
+                 description: str, read_timeout: float):
         self._response = response
+        self._read_timeout = read_timeout
         self.start = start
         self.total = total
         self.validator = validator
@@ -111,6 +122,9 @@ class _HttpStream:
                 if not data:
                     return
                 yield data
+        except (ReadTimeoutError, socket.timeout, TimeoutError):
+            raise SourceError(f"stalled: {self._description} sent no data for {self._read_timeout:g} s "
+                              "(read timeout)", retryable=True) from None
         except Exception as exc:  # noqa: BLE001 - a stream closed under a reader fails in assorted ways
             raise SourceError(f"reading {self._description} failed: {_short(exc)}", retryable=True) from None
 
@@ -125,7 +139,7 @@ class HttpSource:
         url: The URL (may carry user-info credentials; they are never shown).
         policy: Which addresses may be connected to.
         connect_timeout: Seconds to connect.
-        read_timeout: Seconds of silence tolerated while reading.
+        read_timeout: Seconds of silence tolerated while reading: a source silent longer is "stalled".
     """
 
     def __init__(self, url: str, policy: AddressPolicy, connect_timeout: float = 10.0, read_timeout: float = 60.0):
@@ -150,6 +164,9 @@ class HttpSource:
         except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
                 requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects) as exc:
             raise SourceError(f"cannot fetch {self.description}: {_short(exc)}") from None
+        except requests.exceptions.ReadTimeout:
+            raise SourceError(f"stalled: {self.description} sent no answer for {self._timeout[1]:g} s "
+                              "(read timeout)", retryable=True) from None
         except requests.RequestException as exc:
             raise SourceError(f"cannot fetch {self.description}: {_short(exc)}", retryable=True) from None
         try:
@@ -187,7 +204,7 @@ class HttpSource:
             raise SourceChanged(f"{self.description} changed size from {validator['size']} to {total} bytes")
         if start == 0:
             validator = found
-        return _HttpStream(response, start, total, validator, self.description)
+        return _HttpStream(response, start, total, validator, self.description, self._timeout[1])
 
 
 def _short(exc: BaseException) -> str:

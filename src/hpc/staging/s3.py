@@ -22,13 +22,15 @@ import base64
 import hashlib
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import boto3
+import botocore
 import botocore.awsrequest
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, ReadTimeoutError
 
 from hpc import __version__
 from hpc.staging.addresses import AddressPolicy, check_url, default_port
@@ -56,6 +58,10 @@ _RETRY_CODES = frozenset({
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
     "500", "502", "503", "504",
 })
+# One boto3 session for every client: a session loads botocore's S3 model (about 80 ms of CPU) once,
+# not once per transfer.
+_SESSION = boto3.session.Session()
+_SESSION_LOCK = threading.Lock()
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -90,14 +96,47 @@ def make_client(endpoint: str, access_key: str, secret_key: str, region: str | N
         response_checksum_validation="when_required",
         user_agent_extra=f"hpc-gateway/{__version__}",
     )
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=parts.geturl(),
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=region or "us-east-1",
-        config=config,
-    )
+    with _SESSION_LOCK:  # a boto3 Session is not thread-safe; the clients it makes are
+        client = _SESSION.client(
+            "s3",
+            endpoint_url=parts.geturl(),
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region or "us-east-1",
+            config=config,
+        )
+    install_address_guard(client, policy)
+    for operation in ("UploadPart", "PutObject"):
+        client.meta.events.register(f"before-call.s3.{operation}", _payload_hash_from_checksum)
+    return client
+
+
+def _payload_hash_from_checksum(params: dict, **_: Any) -> None:
+    """Gives SigV4 the body's SHA-256, already computed with the part's checksum.
+
+    Over plain HTTP botocore signs the payload and, without an ``X-Amz-Content-SHA256`` header, reads the
+    whole body once more to hash it (botocore ``S3SigV4Auth.payload``). The header is SigV4's own; the
+    server checks the body against it.
+    """
+    headers = params.get("headers", {})
+    checksum = headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in headers:
+        headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
+
+
+def install_address_guard(client, policy: AddressPolicy) -> None:
+    """Makes every connection of a boto3 client check its address with ``policy`` at connect time.
+
+    botocore offers no public hook at connect time (its ``before-send`` event sees a URL, not the address
+    the socket will connect to, so a DNS answer changed in between would pass), so this replaces the
+    urllib3 pool classes of the client's HTTP session: botocore 1.44's ``URLLib3Session`` keeps them in
+    ``_pool_classes_by_scheme`` and hands them to its pool manager. If a botocore upgrade renames either
+    attribute, this raises instead of leaving the client unguarded; ``test_s3_address_guard.py`` also
+    proves the guard refuses a connection.
+
+    Raises:
+        RuntimeError: botocore's internals changed: the guard cannot be installed.
+    """
     classes = guarded_pool_classes(
         policy,
         botocore.awsrequest.AWSHTTPConnection,
@@ -105,10 +144,14 @@ def make_client(endpoint: str, access_key: str, secret_key: str, region: str | N
         botocore.awsrequest.AWSHTTPConnectionPool,
         botocore.awsrequest.AWSHTTPSConnectionPool,
     )
-    session = client._endpoint.http_session
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(session, "_manager", None)
+    if (not isinstance(getattr(session, "_pool_classes_by_scheme", None), dict)
+            or not isinstance(getattr(manager, "pool_classes_by_scheme", None), dict)):
+        raise RuntimeError("botocore's HTTP session changed: the S3 address guard cannot be installed "
+                           f"(botocore {botocore.__version__})")
     session._pool_classes_by_scheme = classes
-    session._manager.pool_classes_by_scheme = classes
-    return client
+    manager.pool_classes_by_scheme = classes
 
 
 def s3_failure(exc: BaseException, bucket: str, key: str, action: str, error=SourceError) -> StagingError:
@@ -131,6 +174,9 @@ def s3_failure(exc: BaseException, bucket: str, key: str, action: str, error=Sou
         message = str(info.get("Message") or "")[:200]
         return error(f"S3 error {code} {action} s3://{bucket}/{key}: {message}".rstrip(": "),
                      retryable=code in _RETRY_CODES)
+    if isinstance(exc, ReadTimeoutError):
+        return error(f"stalled: s3://{bucket}/{key} sent no data for the read timeout while {action}",
+                     retryable=True)
     if isinstance(exc, (BotoCoreError, OSError)):
         return error(f"S3 endpoint failed {action} s3://{bucket}/{key}: {str(exc)[:200]}", retryable=True)
     return error(f"{action} s3://{bucket}/{key} failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -252,16 +298,36 @@ class S3Target:
     def _fail(self, exc: BaseException, action: str) -> StagingError:
         return s3_failure(exc, self.bucket, self.key, action, error=SinkError)
 
-    def put(self, data: bytes) -> PartDigest:
-        digest = PartDigest.of(1, data)
+    def put(self, data: bytes, digest: PartDigest | None = None, verify: bool = False) -> PartDigest:
+        """Writes the whole object (``digest``: its checksums, when already computed).
+
+        Args:
+            verify: Compare what the server answered (its SHA-256 checksum, else its MD5 ETag) with what was
+                sent, without another request; :meth:`verify` is the check by a HEAD.
+
+        Raises:
+            VerificationFailed: ``verify`` and the answer differs from what was sent.
+        """
+        digest = digest or PartDigest.of(1, data)
         try:
-            self._client.put_object(
+            response = self._client.put_object(
                 Bucket=self.bucket, Key=self.key, Body=data,
                 ContentMD5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
                 ChecksumSHA256=digest.sha256,
             )
         except Exception as exc:
             raise self._fail(exc, "writing") from None
+        if verify:
+            checksum = response.get("ChecksumSHA256")
+            etag = (response.get("ETag") or "").strip('"')
+            if checksum:
+                if checksum != digest.sha256:
+                    raise VerificationFailed(f"the SHA-256 checksum of {self.description} differs from what was sent")
+            elif _MD5_ETAG.match(etag):
+                if etag != digest.md5:
+                    raise VerificationFailed(f"the ETag of {self.description} differs from what was sent")
+            else:
+                self.verify([digest], multipart=False)
         return digest
 
     def start_multipart(self) -> str:

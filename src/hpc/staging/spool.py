@@ -195,6 +195,14 @@ class Spool:
             raise StagingError(f"the spool ended at {offset + len(data)}, before {offset + size}")
         return data
 
+    def available(self, offset: int, size: int) -> tuple[int, int]:
+        """Waits for bytes at ``offset``: the spool file's descriptor and the offset in it, and how many of
+        up to ``size`` bytes are there (0 at end of file). For sendfile(2): no copy through Python."""
+        if offset < self.base:
+            raise ValueError(f"offset {offset} precedes the spool's base {self.base}")
+        end = self.wait(offset)
+        return self._fd, offset - self.base, max(0, min(size, end - offset))
+
     def range(self, start: int, size: int) -> "SpoolRange":
         """A read-only, seekable file over ``[start, start + size)`` (the bytes must be written)."""
         self.wait(start, start + size)

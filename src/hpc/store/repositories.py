@@ -350,8 +350,8 @@ class JobDependencyRepository:
                                 .values(**values)).rowcount == 1
 
 
-class TransferRepository(_Repository):
-    table = tables.transfers
+class _LeasedWork(_Repository):
+    """Rows that background workers claim with a lease (transfers, batches)."""
 
     def claim_next(self, owner: str, ttl: float, terminal: Iterable[str]) -> dict[str, Any] | None:
         """Claims one unfinished transfer nobody holds (or whose holder's lease ran out)."""
@@ -392,7 +392,6 @@ class TransferRepository(_Repository):
             [c.state == "queued", c.started_at.is_(None), sa.or_(c.lease_owner.is_(None), c.lease_until < now)],
             state="cancelled", reason=reason, cancel_requested=True, secrets_enc=None, ended_at=now, updated_at=now,
         )
-
 
 
 class TemplateRepository:
@@ -453,6 +452,78 @@ class TemplateRepository:
         return found > 0
 
 
+class TransferRepository(_LeasedWork):
+    table = tables.transfers
+
+
+class BatchRepository(_LeasedWork):
+    table = tables.transfer_batches
+
+
+class BatchFileRepository:
+    """The files of batches: one row per file, written and read in bulk."""
+
+    table = tables.transfer_files
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_many(self, batch_id: str, files: list[dict[str, Any]]) -> None:
+        """Adds a batch's listing (``number``, ``path``, ``src``, ``size`` each) in one transaction."""
+        now = utcnow()
+        rows = [{"batch_id": batch_id, "state": "queued", "reason": "", "sha256": None, "updated_at": now, **f}
+                for f in files]
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 1000):
+                conn.execute(self.table.insert(), rows[start : start + 1000])
+
+    def update_many(self, batch_id: str, outcomes: list[dict[str, Any]]) -> None:
+        """Records outcomes (``number`` with ``state``, ``reason``, ``sha256``, ``size``) in one transaction."""
+        if not outcomes:
+            return
+        c = self.table.c
+        statement = (
+            self.table.update()
+            .where(c.batch_id == sa.bindparam("b_batch"), c.number == sa.bindparam("b_number"))
+            .values(state=sa.bindparam("b_state"), reason=sa.bindparam("b_reason"),
+                    sha256=sa.bindparam("b_sha256"), size=sa.bindparam("b_size"), updated_at=sa.bindparam("b_at"))
+        )
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(statement, [
+                {"b_batch": batch_id, "b_number": o["number"], "b_state": o["state"], "b_reason": o.get("reason", ""),
+                 "b_sha256": o.get("sha256"), "b_size": o.get("size"), "b_at": now}
+                for o in outcomes
+            ])
+
+    def all(self, batch_id: str, state: str | None = None) -> list[dict[str, Any]]:
+        c = self.table.c
+        conditions = [c.batch_id == batch_id] + ([c.state == state] if state else [])
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(*conditions).order_by(c.number)).all()
+        return [_row(r) for r in rows]
+
+    def page(self, batch_id: str, state: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        c = self.table.c
+        conditions = [c.batch_id == batch_id] + ([c.state == state] if state else [])
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(self.table).where(*conditions)).scalar_one()
+            rows = conn.execute(
+                sa.select(self.table).where(*conditions).order_by(c.number).limit(limit).offset(offset)
+            ).all()
+        return [_row(r) for r in rows], total
+
+    def counts(self, batch_id: str) -> dict[str, tuple[int, int]]:
+        """Per state: (files, bytes)."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.state, sa.func.count(), sa.func.coalesce(sa.func.sum(c.size), 0))
+                .where(c.batch_id == batch_id).group_by(c.state)
+            ).all()
+        return {state: (int(n), int(size)) for state, n, size in rows}
+
+
 class Store:
     """The repositories over one engine."""
 
@@ -464,6 +535,8 @@ class Store:
         self.tasks = JobTaskRepository(engine)
         self.dependencies = JobDependencyRepository(engine)
         self.transfers = TransferRepository(engine, self.events)
+        self.batches = BatchRepository(engine)
+        self.batch_files = BatchFileRepository(engine)
         self.subscriptions = SubscriptionRepository(engine, self.events)
         self.deliveries = DeliveryRepository(engine)
         self.templates = TemplateRepository(engine)

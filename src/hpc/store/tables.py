@@ -163,6 +163,61 @@ transfers = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("lease_owner", sa.String(255)),
     sa.Column("lease_until", UTCDateTime),
+    # Who asked for it beyond its owner, e.g. "job:<id>" for a job's inputs (nullable; issue 12).
+    sa.Column("parent", sa.String(255), index=True),
+)
+
+# Many files at once: an S3 prefix to a cluster directory, a cluster directory to an S3 prefix, a list of
+# URLs to a directory. One row per batch (totals, outcome, lease), one row per file in transfer_files.
+transfer_batches = sa.Table(
+    "transfer_batches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # s3_data | s3_result | http
+    sa.Column("infrastructure", sa.String(128), nullable=False, index=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("credential", sa.String(64)),  # which credential of the owner made it (Principal.credential)
+    sa.Column("parent", sa.String(255), index=True),
+    sa.Column("src", sa.Text),  # as shown: a cluster directory, an s3:// prefix, "N URLs"
+    sa.Column("dst", sa.Text),
+    sa.Column("endpoint", sa.Text),
+    sa.Column("bucket", sa.String(255)),
+    sa.Column("prefix", sa.Text),
+    sa.Column("region", sa.String(64)),
+    sa.Column("options", sa.JSON, nullable=False),  # include, exclude, recursive, manifest
+    sa.Column("secrets_enc", sa.Text),  # Fernet token of S3 keys / full URLs; deleted when the batch ends
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("files_total", sa.Integer),  # known once listed
+    sa.Column("files_done", sa.Integer, nullable=False, default=0),
+    sa.Column("files_failed", sa.Integer, nullable=False, default=0),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False, default=0),
+    sa.Column("bytes_total", sa.BigInteger),
+    sa.Column("rate", sa.Float),
+    sa.Column("manifest", sa.Text),  # where the manifest was written, once it is
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("checkpoint", sa.JSON),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(255)),
+    sa.Column("lease_until", UTCDateTime),
+)
+
+transfer_files = sa.Table(
+    "transfer_files",
+    metadata,
+    sa.Column("batch_id", sa.String(36), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),  # listing order, from 0
+    sa.Column("path", sa.Text, nullable=False),  # relative to the batch's directory or prefix
+    sa.Column("src", sa.Text, nullable=False),  # as shown: the object key, the cluster path, the redacted URL
+    sa.Column("size", sa.BigInteger),
+    sa.Column("state", sa.String(16), nullable=False),  # queued | completed | failed
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # -- events and webhooks (see hpc.store.events) -------------------------------------------------------

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
     ("tracking.py", "cmds/period"),
     ("sftp.py", "gateway SSH layer put"),
     ("e2e.py", "s3 -> cluster"),
+    ("alternatives.py", "paramiko engine put"),
     ("events.py", "webhook deliveries"),
     ("replicas.py", "takeover after kill -9"),
 ])

@@ -452,6 +452,12 @@ def test_a_user_sees_only_their_own_events_and_an_admin_all(gateway):
         bad = requests.get(f"{gateway.url}/events", params={"type": "job.nope"},
                            headers={"Authorization": f"Bearer {gateway.tokens['user']}"}, timeout=10)
         assert (bad.status_code, bad.json()["field"]) == (400, "type")
+        # A malformed Last-Event-ID is refused even beside a valid last_event_id (which wins when both are
+        # good): found by the fuzz test once it read stored events instead of waiting on live streams.
+        both = requests.get(f"{gateway.url}/events", params={"last_event_id": "1", "follow": "false"},
+                            headers={"Authorization": f"Bearer {gateway.tokens['user']}",
+                                     "Last-Event-ID": "RTFj}92 b"}, timeout=10)
+        assert both.status_code == 400
         assert requests.get(f"{gateway.url}/events", timeout=10).status_code == 401
         assert requests.get(f"{gateway.url}/events", headers={"Authorization": "Bearer nope"},
                             timeout=10).status_code == 401

@@ -159,7 +159,8 @@ def test_settings_and_other_fields(registered):
     assert wait_job(registered, job["id"])["state"] == "completed"
     assert registered.get(f"/job/{job['id']}/output", token="user").json()["data"].startswith(f"{shown['home']}/gw jobs/")
 
-    reset = patch(registered, "tb-slurm", {"reset_settings": ["job_root", "mpi_launcher"]})
+    # Registration stored the contract's defaults (pbs_flavour among them since arrays came).
+    reset = patch(registered, "tb-slurm", {"reset_settings": ["job_root", "mpi_launcher", "pbs_flavour"]})
     assert reset.json()["settings"] == {"min_watch_period": 1}  # the defaults apply again
 
     # Each change that took is in the audit log with the names of the fields given; the refusals are not.

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hpc.ssh import (
+    ClusterFiles,
     SSHAuthFailed,
     SSHChannelError,
     SSHConnection,
@@ -243,15 +244,34 @@ def test_max_channels_limits_concurrency():
         connection.close()
 
 
-def test_sftp_holds_a_channel_until_closed():
+def test_a_subsystem_stream_holds_a_channel_until_closed():
     connection = SSHConnection(_target(max_channels=1))
     try:
-        sftp = connection.open_sftp()
+        stream = connection.open_stream("sftp")
         with pytest.raises(SSHTimeout, match="no free channel"):
             connection.run("true", timeout=0.5)
-        sftp.close()
-        sftp.close()  # idempotent: the slot is released once
+        stream.close()
+        stream.close()  # idempotent: the slot is released once
         assert connection.run("echo free").stdout == "free\n"
+    finally:
+        connection.close()
+
+
+def test_the_deferred_close_handler_is_installed_and_runs(conn, monkeypatch):
+    # client.py replaces paramiko's CLOSE handler per transport (Transport._channel_handler_table, a private
+    # attribute of paramiko 5.1) to fix a race (see _on_server_close). If paramiko renamed the table, the
+    # assignment would silently create a dead attribute: this fails instead.
+    import hpc.ssh.client as client
+
+    calls = []
+    original = client._on_server_close
+    monkeypatch.setattr(client, "_on_server_close", lambda channel, message: (calls.append(1),
+                                                                             original(channel, message)))
+    connection = SSHConnection(_target())
+    try:
+        assert connection.run("echo closed by the server").exit_code == 0
+        assert calls != []
+        assert connection.run("true").exit_code == 0  # and the channel is closed cleanly after it
     finally:
         connection.close()
 
@@ -487,16 +507,19 @@ def test_open_dedicated_is_a_separate_transport(conn):
 # -- SFTP and quoting ------------------------------------------------------------------
 
 
-def test_sftp_put_get(conn, remote_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["openssh", "paramiko"])
+def test_sftp_put_get(conn, remote_dir, engine):
     data = os.urandom(3 * 1024 * 1024)
-    local = tmp_path / "up.bin"
-    local.write_bytes(data)
     remote = f"{remote_dir}/file.bin"
-    with conn.open_sftp() as sftp:
-        sftp.put(str(local), remote)
-        assert sftp.stat(remote).st_size == len(data)
-        sftp.get(remote, str(tmp_path / "down.bin"))
-    assert (tmp_path / "down.bin").read_bytes() == data
+    files = ClusterFiles(conn, engine)
+    try:
+        writer = files.open_writer(remote, 0, create=True, dedicated=True)
+        writer.write(data)
+        writer.close()
+        assert files.stat(remote).size == len(data)
+        assert b"".join(files.read(remote, 0, len(data), dedicated=True)) == data
+    finally:
+        files.close()
     assert conn.run(f"cksum < {quote(remote)}").stdout.split()[1] == str(len(data))
 
 

@@ -108,7 +108,7 @@ class FakeConnection:
             raise self.failures.pop(0)
         return SimpleNamespace(exit_code=0, stdout=command, stderr="")
 
-    def open_sftp(self):
+    def open_stream(self, *args, **kwargs):
         if self.failures:
             raise self.failures.pop(0)
         return "sftp"
@@ -131,7 +131,7 @@ def test_the_ssh_meter_counts_commands_connections_and_failures_by_kind():
         with pytest.raises(Exception):
             view.run("true")
     with pytest.raises(SSHAuthFailed):
-        view.open_sftp()
+        view.open_stream("sftp")
     dedicated = view.open_dedicated()
     dedicated.run("true")
     assert view.target == "fake-target"  # everything else passes through

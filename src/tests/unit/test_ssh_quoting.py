@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from hpc.ssh.quoting import join, quote
+from hpc.shell import join, quote
 
 HOSTILE = [
     "",
