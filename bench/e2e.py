@@ -213,7 +213,8 @@ def main() -> int:
                 ("s3 -> cluster", "/s3_data", {**keys, "object": key, "dst": f"bench-e2e/{n}/from-s3.bin"}),
                 ("http -> cluster", "/data", {"src": f"{bed['TESTBED_HTTP_URL']}/{www.name}",
                                               "dst": f"bench-e2e/{n}/from-http.bin", "infrastructure": "tb-slurm"}),
-                ("cluster -> s3", "/s3_result", {**keys, "object": f"{key}.result", "src": f"bench-e2e/{n}/from-s3.bin"}),
+                ("cluster -> s3", "/s3_result",
+                 {**keys, "object": f"{key}.result", "src": f"bench-e2e/{n}/from-s3.bin"}),
             ):
                 with PeakRss(pid, gateway.data_dir / "staging") as rss, Timer() as t:
                     created = gateway.post(path, body, token="user").json()
@@ -240,8 +241,9 @@ def main() -> int:
                                                          f"tb:bench-e2e/{n}/rclone.bin"))
             timed("rclone cluster -> s3", lambda: rclone(bed, "copyto", f"tb:bench-e2e/{n}/rclone.bin",
                                                          f"s3:{BUCKET}/{key}.rclone"))
-            timed("rclone many files -> cluster", lambda: rclone(bed, "copy", "--transfers", "8", f"s3:{BUCKET}/{prefix}",
-                                                                 f"tb:bench-e2e/{n}/rclone-many"))
+            timed("rclone many files -> cluster",
+                  lambda: rclone(bed, "copy", "--transfers", "8", f"s3:{BUCKET}/{prefix}",
+                                 f"tb:bench-e2e/{n}/rclone-many"))  # noqa: B023 (called in this iteration)
             connection.run("rm -rf bench-e2e bench-e2e-put.bin", timeout=300)
     finally:
         gateway.stop()

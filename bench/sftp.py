@@ -106,8 +106,8 @@ def main() -> int:
                 results.setdefault(f"{name} get", []).append(mb / openssh_seconds(bed, f"get {remote} {back}\n",
                                                                                    *options))
             for name, files in engines.items():
-                timed(f"{name} engine put", lambda: gateway_put(files, local, f"{home}/{remote}"))
-                timed(f"{name} engine get", lambda: gateway_get(files, f"{home}/{remote}", back, size))
+                timed(f"{name} engine put", lambda: gateway_put(files, local, f"{home}/{remote}"))  # noqa: B023 (called in this iteration)
+                timed(f"{name} engine get", lambda: gateway_get(files, f"{home}/{remote}", back, size))  # noqa: B023 (called in this iteration)
                 with open(back, "rb") as handle:
                     if hashlib.file_digest(handle, "sha256").hexdigest() != expected:
                         sys.exit(f"the {name} engine's round trip changed the data")

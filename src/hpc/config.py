@@ -17,7 +17,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -170,7 +171,7 @@ class Config:
     def resolved_instance_id(self) -> str:
         return self.instance_id or f"{os.uname().nodename}:{os.getpid()}"
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
 

@@ -13,7 +13,8 @@ does not depend on the cluster's locale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
 
 # SFTP status codes (draft-ietf-secsh-filexfer-02, section 7: the protocol version OpenSSH speaks).
 OK = 0

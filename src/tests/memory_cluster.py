@@ -13,7 +13,7 @@ import hashlib
 import posixpath
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hpc.transport import (
     EOF,
@@ -139,7 +139,7 @@ class MemoryCluster:
             data.extend(b"\0" * (size - len(data)))
 
     def open_writer(self, path: str, offset: int = 0, *, create: bool = False, dedicated: bool = False,
-                    on_ack: Callable[[int], None] | None = None) -> "MemoryWriter":
+                    on_ack: Callable[[int], None] | None = None) -> MemoryWriter:
         with self.lock:
             self.sessions_opened += 1
             if posixpath.dirname(path) not in self.dirs:
@@ -151,7 +151,7 @@ class MemoryCluster:
                 self.mtimes[path] = 1_700_000_000
         return MemoryWriter(self, path, offset, on_ack)
 
-    def read(self, path: str, offset: int, end: int, *, dedicated: bool = False) -> "MemoryReader":
+    def read(self, path: str, offset: int, end: int, *, dedicated: bool = False) -> MemoryReader:
         return MemoryReader(self, path, offset, end)
 
     def read_file(self, path: str, offset: int = 0, length: int = 1 << 20) -> bytes:

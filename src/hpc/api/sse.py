@@ -34,13 +34,14 @@ import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache, partial
-from typing import Any, Callable
+from functools import partial
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from hpc.errors import DomainError
 from hpc.errors import Unavailable
-from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed, Principal
+from hpc.security import ANONYMOUS_ADMIN, Authenticate, AuthenticationFailed
 from hpc.services.events import EventFilter, EventService, event_filter, sse_frame
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class EventHub:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                 await asyncio.sleep(0.02)  # a burst of commits costs one read, not one each
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -272,7 +273,7 @@ class EventStream:
             while True:
                 try:
                     item = await asyncio.wait_for(subscriber.queue.get(), self.heartbeat)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self._write(send, subscriber, b": keepalive\n\n")
                     continue
                 frames = []
@@ -323,7 +324,7 @@ class EventStream:
                                    self.send_timeout)
             await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
                                    self.send_timeout)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             pass
 
     async def _catch_up(self, send, subscriber: Subscriber, cursor: int) -> int:
@@ -348,7 +349,7 @@ class EventStream:
         try:
             await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}),
                                    self.send_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             subscriber.dropped = f"a write waited more than {self.send_timeout:g}s: the client does not read"
             raise _Gone() from None
         if subscriber.gone:

@@ -154,7 +154,7 @@ class NativeStatus:
     end_time: str | None = None
     # An array job: its tasks the scheduler lists, by the gateway's task index (None: not an array, or
     # the scheduler does not list tasks under the array's id; see Scheduler.reports_array_tasks).
-    tasks: dict[int, "NativeStatus"] | None = None
+    tasks: dict[int, NativeStatus] | None = None
 
 
 @dataclass

@@ -238,7 +238,8 @@ class SgeScheduler(Scheduler):
         always = " ".join(_check_ids(list(arrays))) if arrays else ""
         return (
             f'q=$(qstat -xml); rc=$?; printf \'%s\\n\' "$q"; echo "{RC_MARK}$rc"; [ $rc -eq 0 ] || exit 0; '
-            f'gone=" {always + " " if always else ""}"; for j in {words}; do case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
+            f'gone=" {always + " " if always else ""}"; '
+            f'for j in {words}; do case $q in *"<JB_job_number>$j</JB_job_number>"*) ;; '
             f'*) gone="$gone$j " ;; esac; done; '
             f'[ "$gone" = " " ] || {{ awk -F: -v ids="$gone" -v me="$(id -un)" '
             f'\'$4 == me && index(ids, " " $6 " ")\' {ACCOUNTING}; echo "{RC_MARK}$?"; }}'

@@ -47,7 +47,8 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from hpc.shell import quote
 

@@ -245,7 +245,7 @@ class BatchService:
             tracker.finish()
             self.transfers.running(batch_id, None)
 
-    def _list(self, row, cluster, secrets, control: Control, tracker, results: "_Results") -> None:
+    def _list(self, row, cluster, secrets, control: Control, tracker, results: _Results) -> None:
         """Lists the source once and records one row per file."""
         options = row["options"] or {}
         found: list[tuple[str, str, int | None, str]] = []  # (relative path, src as shown, size, why refused)

@@ -9,7 +9,8 @@ import re
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from hpc.config import Config
 from hpc.errors import (

@@ -16,8 +16,9 @@ and cost stay small however many tasks an array has, and it prints a line only f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from hpc.schedulers import CANCEL_REQUESTED, JobState, NativeStatus, advance, final_state_from_exit_code, is_terminal
 from hpc.schedulers.arrays import array_state, index_runs
@@ -42,7 +43,7 @@ class TaskFiles:
 
 def _epoch(text: str | None) -> datetime | None:
     try:
-        return datetime.fromtimestamp(int(text.strip()), timezone.utc) if text and text.strip() else None
+        return datetime.fromtimestamp(int(text.strip()), UTC) if text and text.strip() else None
     except (ValueError, OverflowError):
         return None
 

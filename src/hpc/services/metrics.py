@@ -36,7 +36,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -105,7 +106,8 @@ TRANSFERS_ENDED = Counter(
 # -- SSH -----------------------------------------------------------------------------------------------
 
 SSH_CONNECTIONS = Counter(
-    "hpc_ssh_connections_opened", "SSH connections opened (transports; ssh processes of the data engine).", ["infrastructure"], registry=REGISTRY)
+    "hpc_ssh_connections_opened", "SSH connections opened (transports; ssh processes of the data engine).",
+    ["infrastructure"], registry=REGISTRY)
 SSH_COMMANDS = Counter(
     "hpc_ssh_commands", "Remote commands run over SSH.", ["infrastructure"], registry=REGISTRY)
 SSH_COMMAND_DURATION = Histogram(
@@ -290,7 +292,7 @@ class MeteredConnection:
         finally:
             self._opened()
 
-    def open_dedicated(self) -> "MeteredConnection":
+    def open_dedicated(self) -> MeteredConnection:
         try:
             other = self._connection.open_dedicated()
         except Exception as exc:
@@ -301,7 +303,7 @@ class MeteredConnection:
         return MeteredConnection(other, self._infrastructure)
 
 
-_metered: "weakref.WeakKeyDictionary[Any, MeteredConnection]" = weakref.WeakKeyDictionary()
+_metered: weakref.WeakKeyDictionary[Any, MeteredConnection] = weakref.WeakKeyDictionary()
 _metered_lock = threading.Lock()
 
 

@@ -16,7 +16,8 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE
@@ -281,7 +282,7 @@ class SSHConnection:
         where = f"{target.host}:{target.port}"
         try:
             sock = socket.create_connection((target.host, target.port), timeout=target.connect_timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise SSHTimeout(f"connect to {where} timed out after {target.connect_timeout:g}s") from None
         except socket.gaierror as e:
             raise SSHUnreachable(f"cannot resolve {target.host}: {e.strerror}") from None
@@ -527,7 +528,7 @@ class SSHConnection:
             release()
             raise
 
-    def open_stream(self, subsystem: str = "sftp", timeout: float | None = None) -> "ChannelStream":
+    def open_stream(self, subsystem: str = "sftp", timeout: float | None = None) -> ChannelStream:
         """Start a subsystem on a new channel of the pooled transport: a byte stream to it.
 
         The channel counts against ``max_channels`` until the stream is closed. Used by
@@ -778,7 +779,7 @@ def _feed(channel: paramiko.Channel, data: bytes, deadline: float, stop: threadi
                 # also bounds the wait for send window, and sendall() loses
                 # count of what went out when it raises.
                 sent = channel.send(data[offset : offset + _WRITE_CHUNK])
-            except socket.timeout:
+            except TimeoutError:
                 if time.monotonic() >= deadline:
                     return
                 continue
@@ -864,7 +865,7 @@ def _read_stream(recv, deadline: float, limit: int) -> tuple[bytes, bool, bool]:
     while True:
         try:
             data = recv(_READ_CHUNK)
-        except socket.timeout:
+        except TimeoutError:
             if time.monotonic() >= deadline:
                 return bytes(buffer), cut, False
             continue

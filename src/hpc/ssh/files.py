@@ -18,7 +18,7 @@ import logging
 import posixpath
 import re
 import threading
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hpc.shell import quote
 from hpc.ssh import openssh
@@ -312,7 +312,7 @@ class ClusterFiles:
         return self._acquire(), False
 
     def open_writer(self, path: str, offset: int = 0, *, create: bool = False, dedicated: bool = False,
-                    on_ack: Callable[[int], None] | None = None) -> "SessionWriter":
+                    on_ack: Callable[[int], None] | None = None) -> SessionWriter:
         session, dedicated = self._session_for(dedicated)
         try:
             writer = session.writer(path, offset, create=create, on_ack=on_ack)
@@ -321,7 +321,7 @@ class ClusterFiles:
             raise
         return SessionWriter(writer, session, self if not dedicated else None)
 
-    def read(self, path: str, offset: int, end: int, *, dedicated: bool = False) -> "SessionReader":
+    def read(self, path: str, offset: int, end: int, *, dedicated: bool = False) -> SessionReader:
         session, dedicated = self._session_for(dedicated)
         return SessionReader(session, path, offset, end, self if not dedicated else None)
 

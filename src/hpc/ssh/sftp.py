@@ -24,7 +24,8 @@ import socket
 import struct
 import threading
 from collections import deque
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
 
 from hpc.transport import (
     EOF,
@@ -473,7 +474,7 @@ class SFTPSession:
     # -- data ---------------------------------------------------------------------------------
 
     def writer(self, path: str, offset: int, *, create: bool, on_ack: Callable[[int], None] | None = None,
-               window: int = WRITE_WINDOW) -> "Writer":
+               window: int = WRITE_WINDOW) -> Writer:
         flags = WRITE | (CREATE | TRUNCATE if create else 0)
         return Writer(self, path, self.open(path, flags), offset, on_ack, window)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 from hpc.staging.errors import SourceError, UnsafeAddress

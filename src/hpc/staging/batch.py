@@ -31,7 +31,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.staging.cluster import Cluster, remote_failure
 from hpc.staging.control import Control, Halted, quietly
@@ -363,12 +364,12 @@ class ToClusterBatch(_Common):
         """Writes, checks and moves into place a group of small files, pipelined over one session each step."""
         try:
             pending = list(group)
-            for attempt in range(2):
+            for _attempt in range(2):
                 retry = self._deliver_once(pending)
                 if not retry:
                     return
                 pending = retry
-            for item, data, _ in pending:
+            for item, _data, _ in pending:
                 self._done(Outcome(item.number, "failed", f"{item.path}: the copy on the cluster differs from the "
                                    "source twice (sha256)"))
         finally:
@@ -412,7 +413,7 @@ class ToClusterBatch(_Common):
         results = self._retry("moving files into place", lambda: self._cluster.call(
             "moving files into place", self._cluster.files.rename_many,
             [(temp, self._final(item)) for temp, item, _, _ in moves]))
-        for (temp, item, data, sha), error in zip(moves, results):
+        for (_temp, item, data, sha), error in zip(moves, results):
             if error is None:
                 self._done(Outcome(item.number, "completed", "", sha, len(data)))
             else:
@@ -535,7 +536,7 @@ class FromClusterBatch(_Common):
 
     def _upload(self, item: Item, data: bytes, sha: str) -> None:
         target = self._target(item)
-        digest = PartDigest(1, len(data), hashlib.md5(data).hexdigest(),
+        digest = PartDigest(1, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest(),
                             base64.b64encode(bytes.fromhex(sha)).decode())
         try:
             self._retry(f"writing {target.description}", lambda: target.put(data, digest, verify=True))

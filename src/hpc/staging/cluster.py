@@ -8,7 +8,8 @@ message text, and checks paths against the infrastructure's allowed roots on the
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.staging.errors import RemoteError, StagingError
 from hpc.staging.paths import inside

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from hpc.staging.cluster import Cluster, not_found, remote_failure
 from hpc.staging.control import quietly
@@ -25,7 +26,7 @@ class ClusterFile:
         self._dedicated = dedicated
         self.description = f"{path} on the cluster"
 
-    def open(self, offset: int, validator: dict[str, Any] | None) -> "_ClusterStream":
+    def open(self, offset: int, validator: dict[str, Any] | None) -> _ClusterStream:
         try:
             info = self._cluster.files.stat(self._path)
         except TransportError as exc:

@@ -58,7 +58,7 @@ class Fetcher:
         self.error: StagingError | None = None
         self._hasher = hashlib.sha256()
         self._range_sha = hashlib.sha256() if ranges else None
-        self._range_md5 = hashlib.md5() if md5 else None
+        self._range_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self._snapshots: dict[int, str] = {}
         self._ranges: dict[int, tuple[str | None, str | None]] = {}
         self._lock = threading.Condition()
@@ -194,7 +194,7 @@ class Fetcher:
         if self._range_sha is not None:
             self._range_sha = hashlib.sha256()
         if self._range_md5 is not None:
-            self._range_md5 = hashlib.md5()
+            self._range_md5 = hashlib.md5(usedforsecurity=False)
 
     def _update(self, view: memoryview) -> None:
         self._hasher.update(view)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import requests
 import urllib3
@@ -50,7 +51,7 @@ def guarded_connect(conn: HTTPConnection, policy: AddressPolicy) -> socket.socke
                 (address, conn.port), conn.timeout, source_address=conn.source_address,
                 socket_options=conn.socket_options,
             )
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise ConnectTimeoutError(conn, f"connection to {conn.host} timed out") from exc
         except OSError as exc:
             last = exc
@@ -122,7 +123,7 @@ class _HttpStream:
                 if not data:
                     return
                 yield data
-        except (ReadTimeoutError, socket.timeout, TimeoutError):
+        except (ReadTimeoutError, TimeoutError):
             raise SourceError(f"stalled: {self._description} sent no data for {self._read_timeout:g} s "
                               "(read timeout)", retryable=True) from None
         except Exception as exc:  # noqa: BLE001 - a stream closed under a reader fails in assorted ways

@@ -12,7 +12,8 @@ destination that is a directory, a cancel) ends the transfer at once.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.staging.control import Control
 from hpc.staging.errors import Cancelled, StagingError, StartOver

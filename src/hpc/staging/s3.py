@@ -24,7 +24,8 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import boto3
 import botocore
@@ -253,14 +254,14 @@ class PartDigest:
     sha256: str  # base64, as S3 checksums are written
 
     @classmethod
-    def of(cls, number: int, data: bytes) -> "PartDigest":
-        return cls(number, len(data), hashlib.md5(data).hexdigest(),
+    def of(cls, number: int, data: bytes) -> PartDigest:
+        return cls(number, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest(),
                    base64.b64encode(hashlib.sha256(data).digest()).decode())
 
     @classmethod
-    def of_stream(cls, number: int, body) -> "PartDigest":
+    def of_stream(cls, number: int, body) -> PartDigest:
         """Digests of a readable, seekable body (read to its end, then rewound)."""
-        md5, sha, size = hashlib.md5(), hashlib.sha256(), 0
+        md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
         body.seek(0)
         while chunk := body.read(CHUNK):
             md5.update(chunk)
@@ -275,7 +276,7 @@ def expected_etag(parts: list[PartDigest], multipart: bool) -> str:
     if not multipart:
         return parts[0].md5
     joined = b"".join(bytes.fromhex(p.md5) for p in parts)
-    return f"{hashlib.md5(joined).hexdigest()}-{len(parts)}"
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 def expected_checksum(parts: list[PartDigest], multipart: bool) -> str:

@@ -203,7 +203,7 @@ class Spool:
         end = self.wait(offset)
         return self._fd, offset - self.base, max(0, min(size, end - offset))
 
-    def range(self, start: int, size: int) -> "SpoolRange":
+    def range(self, start: int, size: int) -> SpoolRange:
         """A read-only, seekable file over ``[start, start + size)`` (the bytes must be written)."""
         self.wait(start, start + size)
         return SpoolRange(self._fd, start - self.base, size)
@@ -227,7 +227,7 @@ class Spool:
             self._quota.release(self._reserved)
             self._reserved = 0
 
-    def __enter__(self) -> "Spool":
+    def __enter__(self) -> Spool:
         return self
 
     def __exit__(self, *exc: object) -> None:

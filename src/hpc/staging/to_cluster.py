@@ -35,7 +35,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.staging.cluster import Cluster, remote_failure
 from hpc.staging.control import Control, Group, quietly

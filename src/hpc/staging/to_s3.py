@@ -29,7 +29,8 @@ import logging
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.staging.cluster import Cluster
 from hpc.staging.cluster_source import ClusterFile

@@ -157,7 +157,8 @@ def test_settings_and_other_fields(registered):
     assert shown["job_dir"] == f"{shown['home']}/gw jobs/{shown['job_id']}"
     job = submit(registered, "tb-slurm", script="pwd\n")
     assert wait_job(registered, job["id"])["state"] == "completed"
-    assert registered.get(f"/job/{job['id']}/output", token="user").json()["data"].startswith(f"{shown['home']}/gw jobs/")
+    output = registered.get(f"/job/{job['id']}/output", token="user").json()
+    assert output["data"].startswith(f"{shown['home']}/gw jobs/")
 
     # Registration stored the contract's defaults (pbs_flavour among them since arrays came).
     reset = patch(registered, "tb-slurm", {"reset_settings": ["job_root", "mpi_launcher", "pbs_flavour"]})

@@ -219,7 +219,8 @@ import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from hpc.ssh import SSHConnection, SSHTarget, ClusterFiles
 from hpc.ssh.openssh import agent
-target = SSHTarget(host={testbed['TESTBED_SSH_HOST']!r}, port={testbed['TESTBED_SSH_PORT']}, username={testbed['TESTBED_SSH_USER']!r},
+target = SSHTarget(host={testbed['TESTBED_SSH_HOST']!r}, port={testbed['TESTBED_SSH_PORT']},
+                   username={testbed['TESTBED_SSH_USER']!r},
                    key_path={testbed['TESTBED_SSH_KEY']!r}, known_hosts={testbed['TESTBED_KNOWN_HOSTS']!r})
 files = ClusterFiles(SSHConnection(target), "openssh")
 files.stat("/")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -20,8 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.staging_live import (
-    CLUSTER_HOME,
-    SIZES,
     assert_problem,
     make_cluster_dir,
     s3_body,

@@ -53,8 +53,8 @@ def test_the_transport_interface_and_the_quoting_helper_have_no_dependency():
         assert [n for n in imports(HPC / module) if n.split(".")[0] not in sys.stdlib_module_names] == []
 
 
-@pytest.mark.parametrize("module", ["hpc.schedulers", "hpc.staging.to_cluster", "hpc.staging.to_s3", "hpc.staging.batch", "hpc.shell",
-                                    "hpc.transport"])
+@pytest.mark.parametrize("module", ["hpc.schedulers", "hpc.staging.to_cluster", "hpc.staging.to_s3",
+                                    "hpc.staging.batch", "hpc.shell", "hpc.transport"])
 def test_importing_a_pure_layer_loads_no_ssh_library(module):
     # The AST check above misses indirect imports (hpc.ssh's __init__ pulls in paramiko): this one runs them.
     code = f"import sys, {module}; print(sorted(m for m in ('paramiko', 'hpc.ssh', 'hpc.store') if m in sys.modules))"

@@ -24,7 +24,8 @@ def create_data_transfer(body):
     request = views.parse(FileTransferRequest, body)
     callback_url = check_callback(request.callback_url)
     row = gateway().transfers.create_http(request, caller())
-    return views.reply(with_callback(views_transfers.file_transfer_status(row), callback_url, "transfer", row["id"]), 201)
+    shown = views_transfers.file_transfer_status(row)
+    return views.reply(with_callback(shown, callback_url, "transfer", row["id"]), 201)
 
 
 def get_data_transfer(transfer_id):
@@ -40,7 +41,8 @@ def create_s3_data_transfer(body):
     request = views.parse(S3FileTransferRequest, body)
     callback_url = check_callback(request.callback_url)
     row = gateway().transfers.create_s3_data(request, caller())
-    return views.reply(with_callback(views_transfers.s3_file_transfer_status(row), callback_url, "transfer", row["id"]), 201)
+    shown = views_transfers.s3_file_transfer_status(row)
+    return views.reply(with_callback(shown, callback_url, "transfer", row["id"]), 201)
 
 
 def get_s3_data_transfer(transfer_id):
@@ -57,7 +59,8 @@ def create_s3_result_transfer(body):
     request = views.parse(S3ResultTransferRequest, body)
     callback_url = check_callback(request.callback_url)
     row = gateway().transfers.create_s3_result(request, caller())
-    return views.reply(with_callback(views_transfers.s3_result_transfer_status(row), callback_url, "transfer", row["id"]), 201)
+    shown = views_transfers.s3_result_transfer_status(row)
+    return views.reply(with_callback(shown, callback_url, "transfer", row["id"]), 201)
 
 
 def get_s3_result_transfer(transfer_id):
