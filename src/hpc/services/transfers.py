@@ -151,8 +151,14 @@ class TransferService:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def create_http(self, request: Any, principal: Principal) -> dict[str, Any]:
+    def create_http(self, request: Any, principal: Principal, *, transfer_id: str | None = None,
+                    check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /data`` (an ``hpc.api.models.FileTransferRequest``).
+
+        Every ``create_*`` takes ``transfer_id`` (the id to make the transfer under: a job's staging
+        chooses it beforehand, so making it again after a crash raises ``DuplicateKey`` instead of
+        making a second one) and ``check_only`` (validate only: returns the checked fields with the
+        resolved cluster ``path``, stores nothing).
 
         Raises:
             NotFound: No such infrastructure.
@@ -167,22 +173,26 @@ class TransferService:
         shown = redact_url(request.src)
         secrets = {"url": request.src} if shown != request.src else None
         path, roots = self._resolve_path(infra, request.dst, "dst")
-        return self._insert(principal, infra, "http", secrets, path, roots, src=shown, dst=request.dst)
+        return self._insert(principal, infra, "http", secrets, path, roots, transfer_id, check_only, src=shown,
+                            dst=request.dst)
 
-    def create_s3_data(self, request: Any, principal: Principal) -> dict[str, Any]:
+    def create_s3_data(self, request: Any, principal: Principal, *, transfer_id: str | None = None,
+                       check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /s3_data`` (an ``hpc.api.models.S3FileTransferRequest``)."""
         infra = self.infrastructures.get(request.infrastructure)
         fields = self._check_s3(request)
         path, roots = self._resolve_path(infra, request.dst, "dst")
-        return self._insert(principal, infra, "s3_data", self._keys(request), path, roots, dst=request.dst, **fields)
+        return self._insert(principal, infra, "s3_data", self._keys(request), path, roots, transfer_id, check_only,
+                            dst=request.dst, **fields)
 
-    def create_s3_result(self, request: Any, principal: Principal) -> dict[str, Any]:
+    def create_s3_result(self, request: Any, principal: Principal, *, transfer_id: str | None = None,
+                         check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /s3_result`` (an ``hpc.api.models.S3ResultTransferRequest``)."""
         infra = self.infrastructures.get(request.infrastructure)
         fields = self._check_s3(request)
         path, roots = self._resolve_path(infra, request.src, "src")
-        return self._insert(principal, infra, "s3_result", self._keys(request), path, roots, src=request.src,
-                            **fields)
+        return self._insert(principal, infra, "s3_result", self._keys(request), path, roots, transfer_id, check_only,
+                            src=request.src, **fields)
 
     def get(self, transfer_id: str, kind: str | None, principal: Principal) -> dict[str, Any]:
         """A transfer of ``kind`` visible to ``principal`` (its owner, or an admin), else NotFound."""
@@ -274,11 +284,14 @@ class TransferService:
         return resolved, resolve_roots(allowed, home)
 
     def _insert(self, principal: Principal, infra: dict[str, Any], kind: str, secrets: dict | None, path: str,
-                roots: list[str], **fields: Any) -> dict[str, Any]:
+                roots: list[str], transfer_id: str | None = None, check_only: bool = False,
+                **fields: Any) -> dict[str, Any]:
+        if check_only:
+            return {"path": path, **fields}
         now = utcnow()
         row = self.store.transfers.insert(
             {
-                "id": str(uuid.uuid4()),
+                "id": transfer_id or str(uuid.uuid4()),
                 "kind": kind,
                 "infrastructure": infra["name"],
                 "owner": principal.name,
