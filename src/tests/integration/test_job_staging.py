@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -159,3 +160,50 @@ def test_bad_inputs_and_outputs_are_400_naming_the_field(registered, fields, fie
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field, response.json()
     assert registered.get("/job", token="user").json()["total"] == 0
+
+
+def test_kill_9_during_staging_in_and_staging_out_completes_the_flow_once(tmp_path_factory, testbed, www, s3,  # noqa: F811
+                                                                           workdir):
+    """The gateway is killed while the input downloads and again while the output uploads; each time a
+    restart carries on from the store: one transfer per input/output, one submission, the right object."""
+    from tests.integration.test_transfers import start_gateway
+
+    gateway = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="3MB", HPC_TRANSFER_LEASE_SECONDS="3",
+                            HPC_TRANSFER_RETRY_DELAY="0.5")
+    bucket, client = s3["bucket"], s3["client"]
+    key = f"crash/{uuid.uuid4().hex[:8]}/out.bin"
+    try:
+        # 16 MiB of output: at 3 MB/s (HPC_TRANSFER_MAX_RATE) its upload is long enough to be interrupted.
+        script = "head -c 16777216 /dev/urandom > out.bin\nsha256sum in.bin out.bin\n"
+        job = create(gateway, workdir=workdir, script=script,
+                     inputs=[{"s3": s3_object(testbed, bucket, "in/ten.bin"), "dst": f"{workdir}/in.bin"}],
+                     outputs=[{"src": f"{workdir}/out.bin", "s3": s3_object(testbed, bucket, key)}])
+        wait_job(gateway, job["id"], until=lambda j: j["inputs"][0]["bytes_done"] > 0, timeout=60)
+        gateway.kill()
+        gateway.start()
+        during = gateway.get(f"/job/{job['id']}", token="user").json()
+        assert (during["state"], during["phase"], during["status"]) == ("held", "staging_in", "queued"), during
+        assert during["inputs"][0]["state"] != "completed"
+        deadline = time.monotonic() + 180
+        while gateway.get(f"/job/{job['id']}", token="user").json()["state"] != "staging_out":
+            assert time.monotonic() < deadline, gateway.log()[-3000:]
+            time.sleep(0.05)
+        gateway.kill()
+        gateway.start()
+        done = wait_job(gateway, job["id"], timeout=180)
+        assert (done["state"], done["phase"], done["exit_code"]) == ("completed", "done", 0), done
+        sums = dict(reversed(line.split()) for line in
+                    gateway.get(f"/job/{job['id']}/output", token="user").json()["data"].splitlines())
+        assert sums["in.bin"] == www["ten"]["sha256"]  # the job ran on the whole input
+        stored = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(stored).hexdigest() == sums["out.bin"]
+        transfers = gateway.get("/transfer", token="user").json()
+        assert sorted((t["kind"], t["id"]) for t in transfers["items"]) == sorted(
+            [("s3_data", done["inputs"][0]["transfer_id"]), ("s3_result", done["outputs"][0]["transfer_id"])])
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        submitted = [e for e in events(gateway, job["id"], "job.state") if e["data"]["state"] == "queued"]
+        assert len({e["data"]["scheduler_id"] for e in submitted}) == 1  # submitted once
+        phases = [e["data"]["phase"] for e in events(gateway, job["id"], "job.phase")]
+        assert phases == ["staging_in", "submitted", "staging_out", "done"]
+    finally:
+        gateway.stop()
