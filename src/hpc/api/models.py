@@ -814,7 +814,8 @@ class EventType(Enum):
     starts running, and finally when it ended; data has state, streams, final), `job.tasks` (an
     array's tasks changed state: data has state and counts per task state), `job.held` (the gateway
     holds the job for its dependencies: state, reason), `job.released` (it let it go to the
-    scheduler: state, reason), `transfer.state`
+    scheduler: state, reason), `job.phase` (a job with inputs/outputs entered a phase: phase,
+    old_phase, state, reason; `job.state` then carries `phase` too), `transfer.state`
     (data has state, old_state, reason, bytes_done, bytes_total, sha256), `transfer.progress` (at most
     one per transfer per second while bytes move: state, bytes_done, bytes_total, rate).
 
@@ -822,6 +823,7 @@ class EventType(Enum):
 
     job_held = 'job.held'
     job_output = 'job.output'
+    job_phase = 'job.phase'
     job_released = 'job.released'
     job_state = 'job.state'
     job_tasks = 'job.tasks'
