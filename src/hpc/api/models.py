@@ -1313,6 +1313,6 @@ class JobRequest(BaseModel):
     )
     outputs: list[JobOutputRequest] | None = Field(
         None,
-        description='(extension) Files the gateway uploads to S3 after the job ended, each as a transfer linked to\nthe job (checked as `POST /s3_result` checks its requests). While they run the job is in\n`state` `staging_out` (`status` `running`, `phase` `staging_out`); it ends once they ended. A\nfailed output turns a `completed` job `failed` (its `exit_code` stays 0) and is named in\n`reason` (`outputs.N`); another outcome is kept, with the output named in `reason`.\n',
+        description='(extension) Files the gateway uploads to S3 after the job ended, each as a transfer linked to\nthe job (checked as `POST /s3_result` checks its requests). While they run the job is in\n`state` `staging_out` (`status` `running`, `phase` `staging_out`); it ends once they ended. A\nfailed output turns a `completed` job `failed` (its `exit_code` stays 0) and is named in\n`reason` (`outputs.N`); another outcome is kept, with the output named in `reason`. A cancel\nwhile outputs stage cancels them and ends the job `cancelled`.\n',
         max_length=32,
     )

@@ -122,6 +122,16 @@ def final_outcome(end_state: str, reason: str | None, outputs: Sequence[dict[str
     return end_state, f"{reason}; {note}" if reason else note
 
 
+def cancelled_reason(end_state: str, exit_code: int | None, outputs: Sequence[dict[str, Any]]) -> str:
+    """Why a job cancelled while its outputs staged ended ``cancelled``: its own end, and which outputs
+    did not complete."""
+    code = f", exit code {exit_code}" if exit_code is not None else ""
+    missed = [f"outputs.{link['position']}" for link in outputs
+              if link["state"] == "failed" or (link.get("transfer") or {}).get("state") != "completed"]
+    tail = f"; not uploaded: {', '.join(missed)}" if missed else ""
+    return f"cancelled while its outputs were staged (the job itself ended {end_state}{code}){tail}"
+
+
 # -- the service ---------------------------------------------------------------------------------------
 
 
@@ -334,6 +344,8 @@ class JobStaging:
         if decided is None:
             return
         state, reason = decided
+        if job["cancel_requested"]:
+            state, reason = "cancelled", cancelled_reason(end_state, job["exit_code"], running)
         jc = self.store.jobs.table.c
         if self.store.jobs.update(job["id"], [jc.state == STAGING_OUT_STATE], state=state, phase=DONE, reason=reason,
                                   ended_at=utcnow()):

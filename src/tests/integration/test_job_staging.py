@@ -41,6 +41,16 @@ def signal_csv(samples: int = 512, frequency_bin: int = 8) -> str:
     return "signal\n" + "\n".join(rows) + "\n"
 
 
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory, testbed):
+    """One gateway for the module's tests, with the testbed registered as tb-slurm."""
+    from tests.integration.test_transfers import start_gateway
+
+    gateway = start_gateway(tmp_path_factory, testbed)
+    yield gateway
+    gateway.stop()
+
+
 @pytest.fixture
 def workdir():
     relative = f"hpcgw-test/flow-{uuid.uuid4().hex[:10]}"
@@ -50,10 +60,10 @@ def workdir():
     shutil.rmtree(CLUSTER_HOME / relative, ignore_errors=True)
 
 
-def test_serrano_fft_flow_in_one_request(registered, testbed, s3):  # noqa: F811
+def test_serrano_fft_flow_in_one_request(flow, testbed, s3):  # noqa: F811
     bucket, client = s3["bucket"], s3["client"]
     client.put_object(Bucket=bucket, Key="flow/signal.csv", Body=signal_csv().encode())
-    job = create(registered, services=["fft"], params={"read_input_data": "/Init_Data/flow/signal.csv",
+    job = create(flow, services=["fft"], params={"read_input_data": "/Init_Data/flow/signal.csv",
                                                        "num_mpi_procs": 1},
                  inputs=[{"s3": s3_object(testbed, bucket, "flow/signal.csv"),
                           "dst": "serrano/data/Init_Data/flow/signal.csv"}],
@@ -64,7 +74,7 @@ def test_serrano_fft_flow_in_one_request(registered, testbed, s3):  # noqa: F811
         (0, "s3_data", "serrano/data/Init_Data/flow/signal.csv")]
     assert (job["outputs"][0]["state"], job["outputs"][0]["when"]) == ("pending", "success")
     assert testbed["TESTBED_S3_SECRET_KEY"] not in json.dumps(job)
-    done = wait_job(registered, job["id"], timeout=240)
+    done = wait_job(flow, job["id"], timeout=240)
     assert (done["state"], done["phase"], done["exit_code"]) == ("completed", "done", 0), done
     assert done["inputs"][0]["state"] == "completed" and done["outputs"][0]["state"] == "completed"
     lines = client.get_object(Bucket=bucket, Key="flow/fft.csv")["Body"].read().decode().splitlines()
@@ -72,7 +82,7 @@ def test_serrano_fft_flow_in_one_request(registered, testbed, s3):  # noqa: F811
     assert max(range(1, len(magnitudes) // 2), key=magnitudes.__getitem__) == 8  # the sine's bin
     # The legacy status through the flow: queued while inputs stage, running while outputs stage,
     # completed only at the end; the phases in order.
-    seen = events(registered, job["id"])
+    seen = events(flow, job["id"])
     phases = [e["data"]["phase"] for e in seen if e["type"] == "job.phase"]
     assert phases == ["staging_in", "submitted", "staging_out", "done"]
     states = [(e["data"]["state"], e["data"]["status"]) for e in seen if e["type"] == "job.state"]
@@ -81,16 +91,16 @@ def test_serrano_fft_flow_in_one_request(registered, testbed, s3):  # noqa: F811
     assert states[-1] == ("completed", "completed")
     assert [s for s in states if s[1] == "completed"] == [("completed", "completed")]
     # the linked transfers are ordinary transfers of the caller
-    transfer = registered.get(f"/s3_result/{done['outputs'][0]['transfer_id']}", token="user").json()
+    transfer = flow.get(f"/s3_result/{done['outputs'][0]['transfer_id']}", token="user").json()
     assert (transfer["status"], transfer["object"]) == ("completed", "flow/fft.csv")
 
 
-def test_a_failing_input_prevents_submission(registered, testbed, www, workdir):  # noqa: F811
-    job = create(registered, script="echo never\n",
+def test_a_failing_input_prevents_submission(flow, testbed, www, workdir):  # noqa: F811
+    job = create(flow, script="echo never\n",
                  inputs=[{"url": www["one"]["url"], "dst": f"{workdir}/a.bin"},
                          {"url": f"{testbed['TESTBED_HTTP_URL']}/hpcgw-test/no-such-file.bin",
                           "dst": f"{workdir}/b.bin"}])
-    done = wait_job(registered, job["id"], timeout=120)
+    done = wait_job(flow, job["id"], timeout=120)
     assert (done["state"], done["scheduler_id"], done["phase"]) == ("failed", "", "done"), done
     assert done["reason"].startswith(f"inputs.1 (transfer {done['inputs'][1]['transfer_id']}) failed")
     assert "404" in done["reason"] and done["reason"].endswith("the job was not submitted")
@@ -98,15 +108,28 @@ def test_a_failing_input_prevents_submission(registered, testbed, www, workdir):
     assert done["inputs"][1]["state"] == "failed"
 
 
-def test_always_outputs_run_after_a_failed_job_and_success_ones_do_not(registered, testbed, s3, workdir):  # noqa: F811
+def test_secrets_of_inputs_and_outputs_are_never_shown_nor_logged(flow, testbed, www, s3, workdir):  # noqa: F811
+    url = www["one"]["url"].replace("http://", "http://someone:pw-s3cr3t-pw@")
+    job = create(flow, script="true\n", inputs=[{"url": url, "dst": f"{workdir}/one.bin"}],
+                 outputs=[{"src": f"{workdir}/one.bin", "s3": s3_object(testbed, s3["bucket"], "secret/one.bin")}])
+    done = wait_job(flow, job["id"], timeout=120)
+    assert (done["state"], [o["state"] for o in done["outputs"]]) == ("completed", ["completed"]), done
+    assert done["inputs"][0]["source"] == url.replace("pw-s3cr3t-pw", "***")
+    shown = json.dumps([job, done, events(flow, job["id"], "job.state,job.phase")])
+    for secret in ("pw-s3cr3t-pw", testbed["TESTBED_S3_SECRET_KEY"]):
+        assert secret not in shown
+        assert secret not in flow.log()
+
+
+def test_always_outputs_run_after_a_failed_job_and_success_ones_do_not(flow, testbed, s3, workdir):  # noqa: F811
     bucket, client = s3["bucket"], s3["client"]
     key = f"always/{uuid.uuid4().hex[:8]}"
-    job = create(registered, workdir=workdir, script="echo partial > result.txt\nexit 3\n",
+    job = create(flow, workdir=workdir, script="echo partial > result.txt\nexit 3\n",
                  outputs=[{"src": f"{workdir}/result.txt", "s3": s3_object(testbed, bucket, f"{key}/ok.txt")},
                           {"src": f"{workdir}/result.txt", "s3": s3_object(testbed, bucket, f"{key}/log.txt"),
                            "when": "always"}])
     assert (job["state"], job["phase"]) == ("submitting", "submitted")
-    done = wait_job(registered, job["id"], timeout=120)
+    done = wait_job(flow, job["id"], timeout=120)
     assert (done["state"], done["exit_code"], done["phase"]) == ("failed", 3, "done"), done
     assert [o["state"] for o in done["outputs"]] == ["skipped", "completed"]
     assert client.get_object(Bucket=bucket, Key=f"{key}/log.txt")["Body"].read() == b"partial\n"
@@ -114,15 +137,16 @@ def test_always_outputs_run_after_a_failed_job_and_success_ones_do_not(registere
     assert [o["Key"] for o in listed] == [f"{key}/log.txt"]
 
 
-def test_a_failed_output_fails_a_completed_job(registered, testbed, s3, workdir):  # noqa: F811
-    job = create(registered, workdir=workdir, script="echo fine > out.txt\n",
+def test_a_failed_output_fails_a_completed_job(flow, testbed, s3, workdir):  # noqa: F811
+    job = create(flow, workdir=workdir, script="echo fine > out.txt\n",
                  outputs=[{"src": f"{workdir}/missing.txt", "s3": s3_object(testbed, s3["bucket"], "never.txt")}])
-    done = wait_job(registered, job["id"], timeout=120)
+    done = wait_job(flow, job["id"], timeout=120)
     assert (done["state"], done["exit_code"]) == ("failed", 0), done
     assert done["reason"].startswith("the job completed but its outputs did not: outputs.0 (transfer ")
 
 
-def test_cancel_during_staging_in_cancels_the_transfers(tmp_path_factory, testbed, www, workdir):  # noqa: F811
+def test_cancel_during_staging_in_and_out_cancels_the_transfers(tmp_path_factory, testbed, www, s3,  # noqa: F811
+                                                                workdir):
     from tests.integration.test_transfers import start_gateway
 
     slow = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="1MB")
@@ -134,6 +158,18 @@ def test_cancel_during_staging_in_cancels_the_transfers(tmp_path_factory, testbe
         done = wait_job(slow, job["id"], until=lambda j: j["inputs"][0]["state"] == "cancelled", timeout=30)
         assert (done["state"], done["status"], done["scheduler_id"]) == ("cancelled", "completed", "")
         assert done["reason"] == "cancelled while its inputs were staged, before it was submitted"
+
+        # and while the outputs stage: they are cancelled, the job ends cancelled saying how it ran
+        key = f"cancel/{uuid.uuid4().hex[:8]}.bin"
+        job = create(slow, workdir=workdir, script="head -c 8388608 /dev/zero > out.bin\n",
+                     outputs=[{"src": f"{workdir}/out.bin", "s3": s3_object(testbed, s3["bucket"], key)}])
+        wait_job(slow, job["id"], until=lambda j: j["outputs"][0]["state"] == "transferring", timeout=120)
+        assert slow.delete(f"/job/{job['id']}", token="user").status_code == 202
+        done = wait_job(slow, job["id"], timeout=60)
+        assert (done["state"], done["exit_code"], done["outputs"][0]["state"]) == ("cancelled", 0, "cancelled"), done
+        assert done["reason"] == ("cancelled while its outputs were staged (the job itself ended completed, "
+                                  "exit code 0); not uploaded: outputs.0")
+        assert s3["client"].list_objects_v2(Bucket=s3["bucket"], Prefix=key).get("KeyCount", 0) == 0
     finally:
         slow.stop()
 
@@ -155,11 +191,13 @@ def test_cancel_during_staging_in_cancels_the_transfers(tmp_path_factory, testbe
      "outputs.0.when"),
 ])
 @pytest.mark.parametrize("path", ["/job", "/job/dry_run"])
-def test_bad_inputs_and_outputs_are_400_naming_the_field(registered, fields, field, path):
-    response = registered.post(path, {"infrastructure": "tb-slurm", "script": "true\n", **fields}, token="user")
+def test_bad_inputs_and_outputs_are_400_naming_the_field(flow, fields, field, path):
+    before = flow.get("/job", token="user").json()["total"], flow.get("/transfer", token="user").json()["total"]
+    response = flow.post(path, {"infrastructure": "tb-slurm", "script": "true\n", **fields}, token="user")
     assert response.status_code == 400, response.text
     assert response.json()["field"] == field, response.json()
-    assert registered.get("/job", token="user").json()["total"] == 0
+    after = flow.get("/job", token="user").json()["total"], flow.get("/transfer", token="user").json()["total"]
+    assert after == before  # nothing made
 
 
 def test_kill_9_during_staging_in_and_staging_out_completes_the_flow_once(tmp_path_factory, testbed, www, s3,  # noqa: F811

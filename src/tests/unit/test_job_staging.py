@@ -55,3 +55,12 @@ def test_the_final_outcome_waits_for_every_output_and_a_failed_one_fails_a_compl
         "failed", "exited with code 3; outputs.0 (transfer t0) was cancelled")
     assert final_outcome("timeout", None, [link(0, state="failed", transfer_state=None, link_reason="gone")]) == (
         "timeout", "outputs.0 could not be made: gone")
+
+
+def test_a_cancel_while_outputs_stage_names_what_was_not_uploaded():
+    from hpc.services.job_staging import cancelled_reason
+
+    assert cancelled_reason("completed", 0, [link(0), link(1, transfer_state="cancelled")]) == (
+        "cancelled while its outputs were staged (the job itself ended completed, exit code 0); not uploaded: outputs.1")
+    assert cancelled_reason("timeout", None, [link(0)]) == (
+        "cancelled while its outputs were staged (the job itself ended timeout)")
