@@ -228,10 +228,9 @@ class EventStream:
             resume = headers[b"last-event-id"].decode("latin-1")
         else:
             resume = ""
-        given = query.get("last_event_id", [])[-1:] + (
-            [headers[b"last-event-id"].decode("latin-1")] if b"last-event-id" in headers else [])
-        if any(not (value.isascii() and value.isdigit() and len(value) < 19) for value in given):
-            return None  # present (either one) but empty or not a number: Connexion answers 400 naming it
+        if ("last_event_id" in query or b"last-event-id" in headers) and not (
+                resume.isascii() and resume.isdigit() and len(resume) < 19):
+            return None  # present but empty or not a number: Connexion answers 400 naming it
         follow = query.get("follow", ["true"])[-1].lower()
         if follow not in ("true", "false", "1", "0"):
             return None
