@@ -548,6 +548,21 @@ def _after(_ctx, _param, values: tuple[str, ...]) -> tuple[str, ...]:
               help="Run it as an array of tasks, e.g. 0-99%10; each task sees HPC_ARRAY_TASK_ID.")
 @click.option("--after", "after", multiple=True, metavar="ID[:ok|notok|any]", callback=_after,
               help="Start only after that job ended so (default ok: it completed); repeatable, all must hold.")
+@click.option("--input", "inputs", multiple=True, metavar="SRC=DST",
+              help="Stage SRC (an http(s) URL or s3://BUCKET/OBJECT) to DST on the cluster before the job is "
+                   "submitted (repeatable).")
+@click.option("--output", "outputs", multiple=True, metavar="SRC=s3://BUCKET/OBJECT[,when=always]",
+              help="Upload SRC on the cluster to S3 after the job completed (with when=always: whatever its "
+                   "end) (repeatable).")
+@click.option("--endpoint", envvar=["HPC_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"], metavar="URL",
+              help="S3 endpoint of the s3:// inputs and outputs [env: HPC_S3_ENDPOINT, AWS_ENDPOINT_URL].")
+@click.option("--region", envvar=["HPC_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+              help="S3 region [env: HPC_S3_REGION, AWS_REGION; default local].")
+@click.option("--access-key", envvar=["HPC_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"], metavar="KEY",
+              help="[env: HPC_S3_ACCESS_KEY, AWS_ACCESS_KEY_ID]")
+@click.option("--secret-key", envvar=["HPC_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"], metavar="KEY",
+              help="[env: HPC_S3_SECRET_KEY, AWS_SECRET_ACCESS_KEY]; prefer the environment to the command line, "
+                   "which other users can see.")
 @click.option("--watch-period", type=float, help="Seconds between the gateway's status checks.")
 @click.option("--dry-run", is_flag=True,
               help="Show what would be sent (batch script, payload, submit command, resources); submit nothing.")
@@ -559,6 +574,7 @@ def _after(_ctx, _param, values: tuple[str, ...]) -> tuple[str, ...]:
 @client_options
 def job_submit(infrastructure, script, services, template, template_version, params, params_file, name, nodes,
                tasks, cpus_per_task, memory_mb, walltime, partition, account, workdir, env, array, after,
+               inputs, outputs, endpoint, region, access_key, secret_key,
                watch_period, dry_run, reservation, wait, timeout, poll, command) -> int:
     """Submit a job: --script FILE, --services NAMES, --template NAME, or a command after '--'.
 
@@ -571,6 +587,10 @@ def job_submit(infrastructure, script, services, template, template_version, par
       hpc-gateway job submit -i tb-slurm --template solver --param input=in.dat --dry-run
       hpc-gateway job submit -i tb-sge --array 0-99%10 -- bash -c 'echo task $HPC_ARRAY_TASK_ID'
       hpc-gateway job submit -i tb-pbs --after "$first":ok --wait -- echo second
+      hpc-gateway job submit -i tb-slurm --services fft \
+          --param read_input_data=/Init_Data/mine/signal.csv \
+          --input s3://data/signal.csv=serrano/data/Init_Data/mine/signal.csv \
+          --output serrano/data/Output_Data/CSVFormate/FFT_Filter_output.csv=s3://data/fft.csv --wait
     """
     service_names = [s.strip() for item in services for s in item.split(",") if s.strip()]
     given = [label for label, present in (("--script", script), ("--services", service_names),
@@ -610,6 +630,9 @@ def job_submit(infrastructure, script, services, template, template_version, par
         reservation=reservation,
         array=array, after=list(after) or None,
     )
+    s3 = dict(endpoint=endpoint, region=region, access_key=access_key, secret_key=secret_key)
+    request["inputs"] = [_staged_input(item, s3) for item in inputs] or None
+    request["outputs"] = [_staged_output(item, s3) for item in outputs] or None
     if dry_run:
         emit(_settings().client.dry_run_job(infrastructure, **request), _show_dry_run)
         return EXIT_OK
@@ -620,6 +643,46 @@ def job_submit(infrastructure, script, services, template, template_version, par
         return _wait_jobs([record], timeout, poll)
     emit(record, lambda r: click.echo(r["id"]))
     return EXIT_OK
+
+
+def _s3_keys(s3: Mapping[str, Any], hint: str) -> dict[str, Any]:
+    missing = [f"--{name.replace('_', '-')}" for name in ("endpoint", "access_key", "secret_key") if not s3.get(name)]
+    if missing:
+        raise click.UsageError(f"{hint} names an S3 object: give {', '.join(missing)} (or their environment variables)")
+    return dict(s3)
+
+
+def _staged_input(value: str, s3: Mapping[str, Any]) -> dict[str, Any]:
+    """``--input SRC=DST``: an http(s) URL or ``s3://BUCKET/OBJECT`` (split at the last ``=``: a URL's
+    query may hold some) to DST on the cluster."""
+    from hpc.client.api import http_input, s3_input
+
+    source, sep, dst = value.rpartition("=")
+    if not sep or not source or not dst:
+        raise click.BadParameter(f"expected SRC=DST, got {value!r}", param_hint="--input")
+    if source.startswith("s3://"):
+        bucket, key = _s3_address(source, "--input")
+        return s3_input(bucket=bucket, object=key, dst=dst, **_s3_keys(s3, "--input"))
+    if not source.startswith(("http://", "https://")):
+        raise click.BadParameter(f"SRC must be an http(s) URL or s3://BUCKET/OBJECT, got {source!r}",
+                                 param_hint="--input")
+    return http_input(source, dst)
+
+
+def _staged_output(value: str, s3: Mapping[str, Any]) -> dict[str, Any]:
+    """``--output SRC=s3://BUCKET/OBJECT[,when=always|success]``."""
+    from hpc.client.api import s3_output
+
+    when = "success"
+    for choice in ("always", "success"):
+        if value.endswith(f",when={choice}"):
+            value, when = value[: -len(f",when={choice}")], choice
+    src, sep, target = value.partition("=s3://")
+    if not sep or not src:
+        raise click.BadParameter(f"expected SRC=s3://BUCKET/OBJECT[,when=always], got {value!r}",
+                                 param_hint="--output")
+    bucket, key = _s3_address("s3://" + target, "--output")
+    return s3_output(src=src, bucket=bucket, object=key, when=when, **_s3_keys(s3, "--output"))
 
 
 def _show_dry_run(shown: Mapping[str, Any]) -> None:
@@ -641,7 +704,7 @@ def _show_dry_run(shown: Mapping[str, Any]) -> None:
 
 @job.command("list")
 @click.option("-i", "--infra", "infrastructure", help="Only jobs on this infrastructure.")
-@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "completed", "failed",
+@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "staging_out", "completed", "failed",
                                             "cancelled", "timeout", "unknown"]))
 @click.option("--since", metavar="ISO-TIME", help="Only jobs created at or after, e.g. 2026-01-01T00:00:00Z.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)

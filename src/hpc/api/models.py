@@ -360,7 +360,148 @@ class CommandItem(RootModel[str]):
     root: str = Field(..., max_length=65536)
 
 
+class JobS3Object(BaseModel):
+    """
+    (extension) An S3 object, with the keys to read or write it (stored encrypted, never shown).
+    """
+
+    endpoint: str = Field(..., max_length=2048, min_length=1)
+    bucket: str = Field(..., max_length=255, min_length=1)
+    object: str = Field(..., max_length=1024, min_length=1)
+    region: str | None = Field('local', max_length=64)
+    access_key: str = Field(..., max_length=1024, min_length=1)
+    secret_key: str = Field(..., max_length=1024, min_length=1)
+
+
+class JobInputRequest(BaseModel):
+    """
+    (extension) One input of a job. Exactly one of `url` and `s3`.
+    """
+
+    url: str | None = Field(
+        None,
+        description='An http:// or https:// URL (as `POST /data` takes `src`).',
+        max_length=8192,
+        min_length=1,
+    )
+    s3: JobS3Object | None = None
+    dst: str = Field(
+        ...,
+        description='The file on the cluster (relative to home unless absolute; inside the allowed roots).',
+        max_length=4096,
+        min_length=1,
+    )
+
+
+class When(Enum):
+    """
+    `success`: only when the job completed (exit code 0). `always`: whenever the job was submitted,
+    whatever its end (failed, timeout, cancelled after it started, ...).
+
+    """
+
+    success = 'success'
+    always = 'always'
+
+
+class JobOutputRequest(BaseModel):
+    """
+    (extension) One output of a job.
+    """
+
+    src: str = Field(
+        ...,
+        description='The file on the cluster to upload (relative to home unless absolute; inside the allowed roots).',
+        max_length=4096,
+        min_length=1,
+    )
+    s3: JobS3Object
+    when: When | None = Field(
+        'success',
+        description='`success`: only when the job completed (exit code 0). `always`: whenever the job was submitted,\nwhatever its end (failed, timeout, cancelled after it started, ...).\n',
+    )
+
+
+class JobPhase(Enum):
+    """
+    (extension) Where a job with `inputs` or `outputs` is in its flow: `staging_in` (its inputs are
+    transferred), `submitted` (handed to the scheduler; `state` tells more), `staging_out` (it ended on
+    the cluster; its outputs are transferred), `done` (everything ended).
+
+    """
+
+    staging_in = 'staging_in'
+    submitted = 'submitted'
+    staging_out = 'staging_out'
+    done = 'done'
+
+
 class Kind(Enum):
+    http = 'http'
+    s3_data = 's3_data'
+    s3_result = 's3_result'
+
+
+class When1(Enum):
+    """
+    An output's `when`.
+    """
+
+    success = 'success'
+    always = 'always'
+
+
+class State1(Enum):
+    """
+    The transfer's state; `pending` before the transfer is made, `skipped` for an output whose
+    `when` did not match the job's end (or that the job's cancellation made unneeded), `failed`
+    also when the transfer could not be made (`reason`).
+
+    """
+
+    pending = 'pending'
+    queued = 'queued'
+    transferring = 'transferring'
+    verifying = 'verifying'
+    completed = 'completed'
+    failed = 'failed'
+    cancelled = 'cancelled'
+    skipped = 'skipped'
+
+
+class JobTransferLink(BaseModel):
+    """
+    (extension) One input or output of a job and the transfer that carries it.
+    """
+
+    position: int = Field(
+        ..., description="Its index in the request's `inputs` or `outputs`."
+    )
+    transfer_id: UUID = Field(
+        ...,
+        description="The transfer's id, chosen when the job was accepted (`GET /data/{id}`, `/s3_data/{id}` or\n`/s3_result/{id}`, and `GET /events?resource=` once it is made).\n",
+    )
+    kind: Kind
+    path: str = Field(
+        ...,
+        description='The cluster path: `dst` of an input, `src` of an output, as requested.',
+    )
+    source: str | None = Field(
+        None,
+        description="An input's URL (any password shown as `***`) or `s3://bucket/object`; an output's `s3://bucket/object`.",
+    )
+    when: When1 | None = Field(None, description="An output's `when`.")
+    state: State1 = Field(
+        ...,
+        description="The transfer's state; `pending` before the transfer is made, `skipped` for an output whose\n`when` did not match the job's end (or that the job's cancellation made unneeded), `failed`\nalso when the transfer could not be made (`reason`).\n",
+    )
+    bytes_done: int
+    bytes_total: int | None = None
+    sha256: str | None = None
+    reason: str | None = None
+
+
+class Kind1(Enum):
     serrano = 'serrano'
     script = 'script'
     command = 'command'
@@ -379,7 +520,7 @@ class JobDryRun(BaseModel):
     reservation_expires_at: AwareDatetime | None = None
     infrastructure: str
     scheduler: HPCSchedulerType
-    kind: Kind
+    kind: Kind1
     name: str = Field(
         ...,
         description="The job's name (the scheduler's directive carries it sanitised).",
@@ -518,7 +659,7 @@ class Mode(Enum):
     gateway = 'gateway'
 
 
-class State1(Enum):
+class State2(Enum):
     pending = 'pending'
     satisfied = 'satisfied'
     unsatisfiable = 'unsatisfiable'
@@ -531,7 +672,7 @@ class JobDependency(BaseModel):
         ...,
         description='Who enforces it: the scheduler (`native`) or the gateway, by holding the job.',
     )
-    state: State1
+    state: State2
     native: str | None = Field(
         None,
         description='What the scheduler was given for it (e.g. `afterok:1234`, `-hold_jid 1234`).',
@@ -557,8 +698,9 @@ class JobStatusCode(Enum):
 
 class JobState(Enum):
     """
-    `held`: the gateway holds the job before submitting it (its `after` dependencies; `reason` says
-    what it waits for). An array job's state follows from its tasks' (see `array`): while some
+    `held`: the gateway holds the job before submitting it (its `inputs` staging, its `after`
+    dependencies; `reason` says what it waits for). `staging_out`: the job ended on the cluster and
+    the gateway uploads its `outputs` (`status` `running`); its own outcome follows. An array job's state follows from its tasks' (see `array`): while some
     task has not ended, `running` once any task started, else `queued`; once all ended,
     `completed` if every task completed, else `cancelled` if it was cancelled through the gateway,
     else `failed` if any task failed, else `timeout` if any timed out, else `cancelled` if any was
@@ -570,6 +712,7 @@ class JobState(Enum):
     submitting = 'submitting'
     queued = 'queued'
     running = 'running'
+    staging_out = 'staging_out'
     completed = 'completed'
     failed = 'failed'
     cancelled = 'cancelled'
@@ -662,7 +805,7 @@ class S3ResultTransferRequest(BaseModel):
     )
 
 
-class Kind2(Enum):
+class Kind3(Enum):
     http = 'http'
     s3_data = 's3_data'
     s3_result = 's3_result'
@@ -675,7 +818,8 @@ class EventType(Enum):
     starts running, and finally when it ended; data has state, streams, final), `job.tasks` (an
     array's tasks changed state: data has state and counts per task state), `job.held` (the gateway
     holds the job for its dependencies: state, reason), `job.released` (it let it go to the
-    scheduler: state, reason), `transfer.state`
+    scheduler: state, reason), `job.phase` (a job with inputs/outputs entered a phase: phase,
+    old_phase, state, reason; `job.state` then carries `phase` too), `transfer.state`
     (data has state, old_state, reason, bytes_done, bytes_total, sha256), `transfer.progress` (at most
     one per transfer per second while bytes move: state, bytes_done, bytes_total, rate).
 
@@ -683,6 +827,7 @@ class EventType(Enum):
 
     job_held = 'job.held'
     job_output = 'job.output'
+    job_phase = 'job.phase'
     job_released = 'job.released'
     job_state = 'job.state'
     job_tasks = 'job.tasks'
@@ -690,13 +835,13 @@ class EventType(Enum):
     transfer_state = 'transfer.state'
 
 
-class Kind3(Enum):
+class Kind4(Enum):
     job = 'job'
     transfer = 'transfer'
 
 
 class Resource(BaseModel):
-    kind: Kind3
+    kind: Kind4
     id: UUID
 
 
@@ -961,7 +1106,7 @@ class DataBatchRequest(BaseModel):
     infrastructure: str = Field(..., max_length=128, min_length=1)
 
 
-class Kind4(Enum):
+class Kind5(Enum):
     http = 'http'
     s3_data = 's3_data'
     s3_result = 's3_result'
@@ -973,7 +1118,7 @@ class BatchStatus(BaseModel):
     """
 
     id: UUID
-    kind: Kind4
+    kind: Kind5
     infrastructure: str
     state: TransferState
     reason: str
@@ -1013,7 +1158,7 @@ class BatchStatus(BaseModel):
     updated_at: AwareDatetime
 
 
-class State2(Enum):
+class State3(Enum):
     queued = 'queued'
     completed = 'completed'
     failed = 'failed'
@@ -1027,7 +1172,7 @@ class BatchFile(BaseModel):
         description='Where it is read from: an object key, a cluster path, a URL (credentials redacted).',
     )
     size: int | None = None
-    state: State2
+    state: State3
     reason: str
     sha256: str | None = Field(
         None, description='SHA-256 of the file, checked at the destination.'
@@ -1203,7 +1348,7 @@ class JobStatus(BaseModel):
     )
     exit_code: int | None = None
     name: str | None = None
-    kind: Kind | None = None
+    kind: Kind1 | None = None
     template: str | None = Field(
         None, description='(extension) The template the job was made from.'
     )
@@ -1229,6 +1374,17 @@ class JobStatus(BaseModel):
     after: list[JobDependency] | None = Field(
         None,
         description='(extension) What the job waits for, in request order (empty for none).',
+    )
+    phase: JobPhase | None = Field(
+        None, description='(extension) Present for a job with `inputs` or `outputs`.'
+    )
+    inputs: list[JobTransferLink] | None = Field(
+        None,
+        description="(extension) The job's inputs and their transfers, in request order.",
+    )
+    outputs: list[JobTransferLink] | None = Field(
+        None,
+        description="(extension) The job's outputs and their transfers, in request order.",
     )
 
 
@@ -1302,7 +1458,7 @@ class TransferStatus(TransferProgress):
     """
 
     id: UUID
-    kind: Kind2
+    kind: Kind3
     infrastructure: str
     status: FileTransferStatusCode
     reason: str | None = ''
@@ -1400,4 +1556,14 @@ class JobRequest(BaseModel):
         None,
         description='(extension) Jobs this one waits for, each with a condition; all must hold. On the same\ninfrastructure the scheduler enforces them where it can (Slurm and PBS: all conditions;\nGrid Engine: `any` only); otherwise the gateway holds the job (`state` `held`, `status`\n`queued`) and submits it once they hold. A dependency that can no longer hold ends the job\nas `cancelled`, its `reason` naming the predecessor.\n',
         max_length=64,
+    )
+    inputs: list[JobInputRequest] | None = Field(
+        None,
+        description='(extension) Data the gateway stages onto the cluster before it submits the job, each as a\ntransfer linked to the job (checked as `POST /data` and `POST /s3_data` check theirs: a 400\nnames `inputs.N.<field>`). The job waits in `state` `held` (`status` `queued`, `phase`\n`staging_in`) until every input completed; a failed or cancelled input ends it `failed`, its\n`reason` naming `inputs.N`, and nothing is submitted. Two inputs may not share a `dst`.\n',
+        max_length=32,
+    )
+    outputs: list[JobOutputRequest] | None = Field(
+        None,
+        description='(extension) Files the gateway uploads to S3 after the job ended, each as a transfer linked to\nthe job (checked as `POST /s3_result` checks its requests). While they run the job is in\n`state` `staging_out` (`status` `running`, `phase` `staging_out`); it ends once they ended. A\nfailed output turns a `completed` job `failed` (its `exit_code` stays 0) and is named in\n`reason` (`outputs.N`); another outcome is kept, with the output named in `reason`. A cancel\nwhile outputs stage cancels them and ends the job `cancelled`.\n',
+        max_length=32,
     )

@@ -125,7 +125,29 @@ def job_extensions(row: dict[str, Any]) -> dict[str, Any]:
                                  state=dep["state"], native=dep["native"])
             for dep in row.get("after") or []
         ]
+    if row.get("phase"):
+        fields["phase"] = row["phase"]
+        fields["inputs"] = [job_transfer_link(link) for link in row.get("inputs") or []]
+        fields["outputs"] = [job_transfer_link(link) for link in row.get("outputs") or []]
     return fields
+
+
+def job_transfer_link(link: dict[str, Any]) -> models.JobTransferLink:
+    """One input or output of a job, with its transfer's progress (no secret: the URL shown is the
+    transfer's redacted ``src``; before the transfer is made, only where it goes)."""
+    transfer = link.get("transfer")
+    source = None
+    if transfer is not None:
+        source = transfer["src"] if transfer["kind"] == "http" else f"s3://{transfer['bucket']}/{transfer['object']}"
+    state = link["state"]
+    if state == "created":
+        state = transfer["state"] if transfer is not None else "pending"
+    return models.JobTransferLink(
+        position=link["position"], transfer_id=link["transfer_id"], kind=link["kind"], path=link["path"],
+        source=source, when=link["when"], state=state,
+        bytes_done=(transfer or {}).get("bytes_done") or 0, bytes_total=(transfer or {}).get("bytes_total"),
+        sha256=(transfer or {}).get("sha256"), reason=(transfer or {}).get("reason") or link["reason"] or None,
+    )
 
 
 def job_task(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,11 @@ needed to use the client itself; the displays need ``rich``.
 from hpc.client.api import (
     TRANSFER_PATHS,
     Client,
+    http_input,
     job_done,
     job_succeeded,
+    s3_input,
+    s3_output,
     transfer_done,
     transfer_succeeded,
 )
@@ -31,6 +34,7 @@ from hpc.client.records import JOB_FINAL_STATES, TRANSFER_FINAL_STATES
 __all__ = [
     "ApiError", "BadRequest", "Client", "ClientError", "ClusterRefused", "Conflict", "Forbidden",
     "GatewayUnreachable", "JOB_FINAL_STATES", "NotFound", "ServerError", "TRANSFER_FINAL_STATES",
-    "TRANSFER_PATHS", "Unauthorized", "WaitTimeout", "job_done", "job_succeeded", "transfer_done",
+    "TRANSFER_PATHS", "Unauthorized", "WaitTimeout", "http_input", "job_done", "job_succeeded", "s3_input",
+    "s3_output", "transfer_done",
     "transfer_succeeded",
 ]

@@ -270,6 +270,7 @@ class Client:
                    workdir: str | None = None, env: Mapping[str, str] | None = None,
                    watch_period: float | None = None, reservation: str | None = None,
                    array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
+                   inputs: Sequence[Mapping[str, Any]] | None = None, outputs: Sequence[Mapping[str, Any]] | None = None,
                    **extra: Any) -> JobStatus:
         """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
 
@@ -283,6 +284,13 @@ class Client:
         ``array``: run it as tasks, ``"0-99%10"`` (``START-END[:STEP][%CAP]``); each task sees its index
         in ``HPC_ARRAY_TASK_ID``. ``after``: jobs to wait for, each ``"ID"`` (condition ``ok``),
         ``"ID:notok"``, ``"ID:any"`` or ``{"job": ID, "condition": ...}``; the job is ``held`` meanwhile.
+
+        ``inputs``: data the gateway stages onto the cluster before it submits the job
+        (:func:`http_input`, :func:`s3_input`); ``outputs``: files it uploads to S3 after the job ended
+        (:func:`s3_output`, ``when`` ``success`` or ``always``). The job's ``phase`` goes ``staging_in``,
+        ``submitted``, ``staging_out``, ``done``; its ``status`` stays ``queued`` while inputs stage,
+        ``running`` while outputs stage, and is ``completed`` only once everything ended. ``inputs`` and
+        ``outputs`` of the record list each transfer's id and state.
         """
         return self.request("POST", "/job", json=_job_body(**locals()))
 
@@ -294,6 +302,7 @@ class Client:
                     workdir: str | None = None, env: Mapping[str, str] | None = None,
                     watch_period: float | None = None, reservation: str | None = None,
                     array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
+                    inputs: Sequence[Mapping[str, Any]] | None = None, outputs: Sequence[Mapping[str, Any]] | None = None,
                     **extra: Any) -> JobDryRun:
         """POST /job/dry_run: what :meth:`submit_job` with the same arguments would send, without
         submitting (the batch script, the payload, the submit command, the resolved resources). Pass its
@@ -732,6 +741,30 @@ def _without(fields: Mapping[str, Any], *names: str) -> dict[str, Any]:
     return {**kept, **fields.get("extra", {})}
 
 
+def http_input(url: str, dst: str) -> dict[str, Any]:
+    """One of a job's ``inputs``: an http(s) URL downloaded to ``dst`` on the cluster."""
+    return {"url": url, "dst": dst}
+
+
+def _s3(endpoint: str, bucket: str, object: str, access_key: str, secret_key: str,
+        region: str | None) -> dict[str, Any]:
+    return _clean({"endpoint": endpoint, "bucket": bucket, "object": object, "access_key": access_key,
+                   "secret_key": secret_key, "region": region})
+
+
+def s3_input(*, endpoint: str, bucket: str, object: str, access_key: str, secret_key: str, dst: str,
+             region: str | None = None) -> dict[str, Any]:
+    """One of a job's ``inputs``: an S3 object copied to ``dst`` on the cluster."""
+    return {"s3": _s3(endpoint, bucket, object, access_key, secret_key, region), "dst": dst}
+
+
+def s3_output(*, src: str, endpoint: str, bucket: str, object: str, access_key: str, secret_key: str,
+              when: str = "success", region: str | None = None) -> dict[str, Any]:
+    """One of a job's ``outputs``: ``src`` on the cluster uploaded to an S3 object after the job ended
+    (``when="success"``: only if it completed; ``"always"``: whatever its end)."""
+    return {"src": src, "s3": _s3(endpoint, bucket, object, access_key, secret_key, region), "when": when}
+
+
 def _job_body(**fields: Any) -> dict[str, Any]:
     """The body of POST /job and /job/dry_run from :meth:`Client.submit_job`'s arguments."""
     fields = _without(fields)
@@ -743,6 +776,9 @@ def _job_body(**fields: Any) -> dict[str, Any]:
             fields[key] = dict(fields[key])
     if fields.get("after") is not None:
         fields["after"] = [dependency(item) for item in fields["after"]]
+    for key in ("inputs", "outputs"):
+        if fields.get(key) is not None:
+            fields[key] = [dict(item) for item in fields[key]]
     return _clean(fields)
 
 

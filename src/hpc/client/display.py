@@ -77,6 +77,8 @@ def job_line(job: Mapping[str, Any]) -> str:
     if job.get("array"):
         counts = job["array"].get("counts") or {}
         text += f", tasks {' '.join(f'{n} {s}' for s, n in sorted(counts.items()) if n)} of {job['array'].get('size')}"
+    if job.get("phase") in ("staging_in", "staging_out"):
+        text += f" [{job['phase']}]"
     if job.get("state") == "held" and job.get("reason"):
         text += f": {job['reason']}"
     if job_done(job):

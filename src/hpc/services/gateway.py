@@ -12,6 +12,7 @@ from hpc.services.events import EventService
 from hpc.services.files import FileService
 from hpc.services.health import StoreProbe
 from hpc.services.infrastructures import InfrastructureService
+from hpc.services.job_staging import JobStaging
 from hpc.services.jobs import JobService
 from hpc.services.jobs import TERMINAL as TERMINAL_JOB_STATES
 from hpc.services.oidc import OidcVerifier
@@ -38,6 +39,7 @@ class Gateway:
         self.templates = TemplateService(self.store)
         self.jobs = JobService(config, self.store, self.infrastructures, self.templates)
         self.transfers = TransferService(config, self.store, self.secrets, self.infrastructures)
+        self.jobs.staging = JobStaging(self.store, self.secrets, self.transfers, wake=self.jobs.wake)
         self.events = EventService(self.store)
         self.webhooks = WebhookService(config, self.store, self.secrets)
         self.event_hub = None  # the SSE fan-out, set by hpc.api.sse when the stream layer is mounted

@@ -58,7 +58,7 @@ from hpc.schedulers import serrano
 from hpc.schedulers.arrays import ArraySpec, ArraySpecError, NativeDependency, condition_outcome, parse_array
 from hpc.security import Principal
 from hpc.services import metrics
-from hpc.services import job_arrays, job_dependencies
+from hpc.services import job_arrays, job_dependencies, job_staging
 from hpc.services.infrastructures import InfrastructureService
 from hpc.services.leases import dead_local_owners
 from hpc.shell import quote
@@ -72,7 +72,9 @@ log = logging.getLogger(__name__)
 
 SUBMITTING = "submitting"
 HELD = job_dependencies.HELD
+STAGING_OUT = job_staging.STAGING_OUT_STATE  # the job ended on the cluster; its outputs are being staged
 TERMINAL = tuple(sorted(JOB_ENDED_STATES))
+POLL_DONE = TERMINAL + (STAGING_OUT,)  # states the poller no longer asks the scheduler about
 ENDED = JOB_ENDED_STATES
 
 DEFAULT_JOB_ROOT = ".hpc-gateway/jobs"
@@ -136,7 +138,7 @@ def status_code(state: str) -> str:
     """The seed's ``status``: only queued, running or completed (= ended, whatever the outcome)."""
     if state in ENDED:
         return "completed"
-    return "running" if state == "running" else "queued"
+    return "running" if state in ("running", STAGING_OUT) else "queued"
 
 
 def _utf8_length(lead: int) -> int:
@@ -231,6 +233,7 @@ class JobService:
         self.store = store
         self.infrastructures = infrastructures
         self.templates = templates  # hpc.services.templates.TemplateService: payloads of template jobs
+        self.staging: job_staging.JobStaging | None = None  # inputs/outputs (set by hpc.services.gateway)
         self.owner = config.resolved_instance_id
         # Commands sent, per infrastructure and kind (status, submit, cancel, exit_codes): for
         # /stats, the tracking-cost benchmark and the test that counts status commands.
@@ -260,6 +263,9 @@ class JobService:
         job_id = self._reserved(request.reservation, principal) if request.reservation else str(uuid.uuid4())
         if request.reservation and self.store.jobs.get(job_id) is not None:
             raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation")
+        links, staged = self._check_staging(request, infra, principal, job_id)
+        spec.update(staged)
+        phase = job_staging.STAGING_IN if staged.get("inputs") else job_staging.SUBMITTED if staged else None
         settings = infra["settings"] or {}
         minimum = float(settings.get("min_watch_period") or self.config.min_watch_period)
         now = utcnow()
@@ -268,6 +274,7 @@ class JobService:
         if spec.get("array"):
             self.store.tasks.insert_missing(job_id, self._array({"spec": spec}).indexes())
         self.store.dependencies.insert_many([{**dep, "job_id": job_id, "updated_at": now} for dep in after])
+        self.store.job_transfers.insert_many(links)
         try:
             row = self.store.jobs.insert(
                 {
@@ -279,8 +286,10 @@ class JobService:
                     "name": name[:256],
                     "spec": spec,
                     "scheduler_id": "",
-                    "state": HELD if after else SUBMITTING,
-                    "reason": "waiting for its dependencies to be checked" if after else None,
+                    "state": HELD if after or phase == job_staging.STAGING_IN else SUBMITTING,
+                    "reason": ("staging inputs" if phase == job_staging.STAGING_IN
+                               else "waiting for its dependencies to be checked" if after else None),
+                    "phase": phase,
                     "task_counts": {"queued": self._array({"spec": spec}).count} if spec.get("array") else None,
                     "watch_period": max(float(request.watch_period if request.watch_period is not None else 10.0),
                                         minimum),
@@ -295,8 +304,24 @@ class JobService:
         except DuplicateKey:
             raise Conflict(f"job {job_id} exists already: a reservation makes one job", "reservation") from None
         log.info("job %s accepted for %s (%s) by %s", row["id"], infra["name"], kind, principal.name)
+        if phase == job_staging.STAGING_IN:
+            try:
+                self.staging.start_inputs(job_id)  # at once; the background tick does what this leaves undone
+            except Exception:
+                log.exception("job %s: making its inputs failed; the background tries again", job_id)
+            row = self.store.jobs.get(job_id)
         self._wake.set()
         return self._details(row)
+
+    def _check_staging(self, request: Any, infra: dict[str, Any], principal: Principal, job_id: str | None
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A request's inputs/outputs checked as the transfer endpoints check them: the links to store
+        (none for a dry run, ``job_id`` None) and what the spec keeps of them."""
+        if not (getattr(request, "inputs", None) or getattr(request, "outputs", None)):
+            return [], {}
+        if self.staging is None:
+            raise InvalidInput("this gateway stages no data for jobs", "inputs")
+        return self.staging.check(request, infra["name"], principal, job_id)
 
     def _draft(self, request: Any, infra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """A job request checked and turned into ``(kind, name, spec)``: what ``create`` stores and what a
@@ -366,6 +391,7 @@ class JobService:
         contacted = self._home_key(infra) not in self._homes
         kind, name, spec = self._draft(request, infra)
         self._check_after(getattr(request, "after", None) or [], infra, principal)  # 404/400 as POST /job
+        self._check_staging(request, infra, principal, None)  # 400 as POST /job
         token = request.reservation
         job_id = self._reserved(token, principal) if token else str(uuid.uuid4())
         if self.store.jobs.get(job_id) is not None:
@@ -502,6 +528,10 @@ class JobService:
         if (row["spec"] or {}).get("after"):
             row["after"] = dependencies if dependencies is not None else \
                 self.store.dependencies.for_jobs([row["id"]])[row["id"]]
+        if row.get("phase"):
+            links = self.store.job_transfers.for_jobs([row["id"]])[row["id"]]
+            row["inputs"] = [link for link in links if link["role"] == "input"]
+            row["outputs"] = [link for link in links if link["role"] == "output"]
         return row
 
     def list(self, principal: Principal, *, infrastructure=None, state=None, since=None, limit=100, offset=0):
@@ -534,7 +564,11 @@ class JobService:
             log.info("job %s: cancel requested by %s", row["id"], principal.name)
             self._wake.set()
         if row["state"] == HELD:
-            self._end(row, "cancelled", reason="cancelled while held, before it was submitted")
+            staging = row["phase"] == job_staging.STAGING_IN
+            self._end(row, "cancelled", reason="cancelled while its inputs were staged, before it was submitted"
+                      if staging else "cancelled while held, before it was submitted")
+        if self.staging is not None and row["phase"] in (job_staging.STAGING_IN, job_staging.STAGING_OUT):
+            self.staging.cancel_transfers(row)  # the tick does it too, should this be interrupted
         return self._details(self.store.jobs.get(row["id"]))
 
     def output(self, job_id: str, principal: Principal, stream: str, offset: int, length: int,
@@ -572,6 +606,10 @@ class JobService:
         if found is None:
             raise InvalidInput(f"the array {array} has no task {task}", "task")
         return found["state"]
+
+    def wake(self) -> None:
+        """Makes the background look for due work now (a job its inputs released, say)."""
+        self._wake.set()
 
     def stats(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -614,6 +652,8 @@ class JobService:
 
     def _tick(self) -> None:
         self._check_dependencies()
+        if self.staging is not None:
+            self.staging.tick()
         with self._lock:
             busy = set(self._in_flight)
         for row in self.store.jobs.claim_submissions(self.owner, self.config.submit_lease_seconds, limit=32):
@@ -622,7 +662,7 @@ class JobService:
             with self._lock:
                 self._in_flight.add(row["id"])
             self._pool.submit(self._submit_guarded, row)
-        for name in self.store.jobs.active_infrastructures(TERMINAL):
+        for name in self.store.jobs.active_infrastructures(POLL_DONE):
             with self._lock:
                 if name in self._polling:
                     continue
@@ -648,8 +688,9 @@ class JobService:
                 self._cancel_for(job_id, job_dependencies.unsatisfiable_reason(dep))
                 self.store.dependencies.update(job_id, dep["position"], state="unsatisfiable")
             elif decision.release:
-                if self.store.jobs.update(job_id, [self.store.jobs.table.c.state == HELD], state=SUBMITTING,
-                                          reason=None, next_poll_at=None):
+                c = self.store.jobs.table.c
+                if self.store.jobs.update(job_id, [c.state == HELD, c.phase.is_distinct_from(job_staging.STAGING_IN)],
+                                          state=SUBMITTING, reason=None, next_poll_at=None):
                     log.info("job %s released: its dependencies allow it to be submitted", job_id)
                     self._wake.set()
             for position in decision.satisfied:
@@ -958,9 +999,9 @@ class JobService:
             return
         # One cheap query first: loading every active job on each tick cost about 1 s of store time per
         # infrastructure with 5,000 jobs (bench/replicas.py), for a poll due once per watch_period.
-        if not self.store.jobs.poll_due(name, now, TERMINAL):
+        if not self.store.jobs.poll_due(name, now, POLL_DONE):
             return
-        jobs = [j for j in self.store.jobs.active(name, TERMINAL) if j["scheduler_id"]]
+        jobs = [j for j in self.store.jobs.active(name, POLL_DONE) if j["scheduler_id"]]
         if not jobs:
             return
         try:
@@ -1245,9 +1286,20 @@ class JobService:
             self.store.tasks.end_unfinished(job["id"], ENDED, state=task_state, ended_at=changes["ended_at"],
                                             reason=changes.get("reason") or f"the array ended {state}")
             changes["task_counts"] = self.store.tasks.counts(job["id"])
+        if current.get("phase"):
+            if self.staging is not None and self.staging.outputs_run({**current, **changes}, state,
+                                                                     changes.get("exit_code")):
+                # The job's outcome waits in end_state while its outputs stage (hpc.services.job_staging).
+                if self.store.jobs.update(job["id"], [self.store.jobs.table.c.state.not_in(POLL_DONE)],
+                                          state=STAGING_OUT, end_state=state, phase=job_staging.STAGING_OUT,
+                                          lease_owner=None, lease_until=None, **changes):
+                    log.info("job %s ended %s on the cluster; staging its outputs", job["id"], state)
+                    self._wake.set()
+                return
+            changes["phase"] = job_staging.DONE
         ended = self.store.jobs.update(
             job["id"],
-            [self.store.jobs.table.c.state.not_in(TERMINAL)],
+            [self.store.jobs.table.c.state.not_in(POLL_DONE)],
             state=state,
             lease_owner=None,
             lease_until=None,

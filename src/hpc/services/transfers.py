@@ -105,11 +105,17 @@ class TransferService:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def create_http(self, request: Any, principal: Principal, parent: str | None = None) -> dict[str, Any]:
+    def create_http(self, request: Any, principal: Principal, parent: str | None = None, *,
+                    transfer_id: str | None = None, check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /data`` (an ``hpc.api.models.FileTransferRequest``).
 
         Args:
             parent: Links the transfer to what it serves (e.g. ``job:<id>``), for :meth:`list` and listeners.
+            transfer_id: The id to make the transfer under (every ``create_*`` takes it): a job's staging
+                chooses it beforehand, so making it again after a crash raises ``DuplicateKey`` instead of
+                making a second one.
+            check_only: Validate only: returns the checked fields with the resolved cluster ``path``,
+                stores nothing.
 
         Raises:
             NotFound: No such infrastructure.
@@ -118,24 +124,26 @@ class TransferService:
         infra = self.infrastructures.get(request.infrastructure)
         self.check_source_url(request.src, "src")
         path, roots = self.resolve_path(infra, request.dst, "dst")
-        return self._insert(principal, infra, "http", {"url": request.src}, path, roots, parent,
-                            src=redact_url(request.src), dst=request.dst)
+        return self._insert(principal, infra, "http", {"url": request.src}, path, roots, parent, transfer_id,
+                            check_only, src=redact_url(request.src), dst=request.dst)
 
-    def create_s3_data(self, request: Any, principal: Principal, parent: str | None = None) -> dict[str, Any]:
+    def create_s3_data(self, request: Any, principal: Principal, parent: str | None = None, *,
+                       transfer_id: str | None = None, check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /s3_data`` (an ``hpc.api.models.S3FileTransferRequest``)."""
         infra = self.infrastructures.get(request.infrastructure)
         fields = self.check_s3(request)
         path, roots = self.resolve_path(infra, request.dst, "dst")
-        return self._insert(principal, infra, "s3_data", self.keys(request), path, roots, parent, dst=request.dst,
-                            object=request.object, **fields)
+        return self._insert(principal, infra, "s3_data", self.keys(request), path, roots, parent, transfer_id,
+                            check_only, dst=request.dst, object=request.object, **fields)
 
-    def create_s3_result(self, request: Any, principal: Principal, parent: str | None = None) -> dict[str, Any]:
+    def create_s3_result(self, request: Any, principal: Principal, parent: str | None = None, *,
+                         transfer_id: str | None = None, check_only: bool = False) -> dict[str, Any]:
         """Accepts ``POST /s3_result`` (an ``hpc.api.models.S3ResultTransferRequest``)."""
         infra = self.infrastructures.get(request.infrastructure)
         fields = self.check_s3(request)
         path, roots = self.resolve_path(infra, request.src, "src")
-        return self._insert(principal, infra, "s3_result", self.keys(request), path, roots, parent, src=request.src,
-                            object=request.object, **fields)
+        return self._insert(principal, infra, "s3_result", self.keys(request), path, roots, parent, transfer_id,
+                            check_only, src=request.src, object=request.object, **fields)
 
     def get(self, transfer_id: str, kind: str | None, principal: Principal) -> dict[str, Any]:
         """A transfer of ``kind`` visible to ``principal`` (its owner, or an admin), else NotFound."""
@@ -267,11 +275,14 @@ class TransferService:
                                                 read_timeout=self.settings.stall_timeout))
 
     def _insert(self, principal: Principal, infra: dict[str, Any], kind: str, secrets: dict | None, path: str,
-                roots: list[str], parent: str | None, **fields: Any) -> dict[str, Any]:
+                roots: list[str], parent: str | None, transfer_id: str | None = None, check_only: bool = False,
+                **fields: Any) -> dict[str, Any]:
+        if check_only:
+            return {"path": path, **fields}
         now = utcnow()
         row = self.store.transfers.insert(
             {
-                "id": str(uuid.uuid4()),
+                "id": transfer_id or str(uuid.uuid4()),
                 "kind": kind,
                 "infrastructure": infra["name"],
                 "owner": principal.name,

@@ -88,9 +88,16 @@ class Rule:
 def _job_state(old: Row | None, new: Row) -> dict[str, Any]:
     state = new["state"]
     # ``status`` as the seed's clients read it: queued, running, or completed (= ended, any outcome).
-    status = "completed" if state in JOB_ENDED else "running" if state == "running" else "queued"
-    return {"state": state, "status": status, "reason": new.get("reason"), "exit_code": new.get("exit_code"),
+    status = "completed" if state in JOB_ENDED else "running" if state in ("running", "staging_out") else "queued"
+    data = {"state": state, "status": status, "reason": new.get("reason"), "exit_code": new.get("exit_code"),
             "native_state": new.get("native_state"), "scheduler_id": new.get("scheduler_id")}
+    if new.get("phase"):
+        data["phase"] = new["phase"]
+    return data
+
+
+def _job_phase(old: Row | None, new: Row) -> dict[str, Any]:
+    return {"phase": new["phase"], "state": new["state"], "reason": new.get("reason")}
 
 
 def _job_tasks(old: Row | None, new: Row) -> dict[str, Any]:
@@ -122,6 +129,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("job.held", "state", _job_hold, with_old=False, when=lambda old, new: new["state"] == "held"),
         Rule("job.released", "state", _job_hold, with_old=False,
              when=lambda old, new: old is not None and old["state"] == "held" and new["state"] == "submitting"),
+        # A job that stages its own data moves through phases: staging_in, submitted, staging_out, done.
+        Rule("job.phase", "phase", _job_phase, when=lambda old, new: new.get("phase") is not None),
     ),
     "transfers": (
         Rule("transfer.state", "state", ("state", "reason", "bytes_done", "bytes_total", "sha256")),

@@ -195,6 +195,14 @@ class JobRepository(_Repository):
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(c.infrastructure).where(c.state.not_in(list(terminal))).distinct()).scalars())
 
+    def staging(self, phases: Iterable[str], terminal: Iterable[str]) -> list[dict[str, Any]]:
+        """Unfinished jobs in one of ``phases`` (staging their inputs or outputs)."""
+        c = self.table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.table).where(c.phase.in_(list(phases)),
+                                                            c.state.not_in(list(terminal)))).all()
+        return [_row(r) for r in rows]
+
     def claim_submissions(self, owner: str, ttl: float, limit: int) -> list[dict[str, Any]]:
         """Claims jobs waiting to be submitted that nobody holds (or whose holder's lease ran out)."""
         c = self.table.c
@@ -394,6 +402,69 @@ class _LeasedWork(_Repository):
         )
 
 
+class JobTransferRepository:
+    """The transfers a job stages its data with (``job_transfers``), each beside its transfer's row."""
+
+    table = tables.job_transfers
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """Writes one job's links, replacing what an interrupted earlier attempt at the same job id left."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self.table.delete().where(self.table.c.job_id.in_({row["job_id"] for row in rows})))
+                conn.execute(self.table.insert(), rows)
+
+    def for_jobs(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each job's links (inputs, then outputs, in request order), each with its transfer's row as
+        ``transfer`` (None while the transfer is not made)."""
+        c, t = self.table.c, tables.transfers
+        job_ids = list(job_ids)
+        found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return found
+        columns = [t.c.id, t.c.kind, t.c.state, t.c.reason, t.c.bytes_done, t.c.bytes_total, t.c.sha256, t.c.src,
+                   t.c.dst, t.c.endpoint, t.c.bucket, t.c.object, t.c.started_at, t.c.ended_at]
+        statement = (sa.select(self.table, *[col.label(f"t_{col.name}") for col in columns])
+                     .select_from(self.table.outerjoin(t, t.c.id == c.transfer_id))
+                     .where(c.job_id.in_(job_ids)).order_by(c.job_id, c.role, c.position))
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        for row in rows:
+            values = dict(row._mapping)
+            transfer = {col.name: values.pop(f"t_{col.name}") for col in columns}
+            values["transfer"] = transfer if transfer["id"] is not None else None
+            found[values["job_id"]].append(values)
+        return found
+
+    def update(self, job_id: str, role: str, position: int, where: Iterable[sa.ColumnElement] = (),
+               **values: Any) -> bool:
+        c = self.table.c
+        values.setdefault("updated_at", utcnow())
+        statement = (self.table.update().where(c.job_id == job_id, c.role == role, c.position == position, *where)
+                     .values(**values))
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def loose_ends(self, job_ended: Iterable[str], transfer_ended: Iterable[str]) -> list[dict[str, Any]]:
+        """Links of ended jobs that still hold something: a request not yet made (its secrets), or a
+        transfer that has not ended (to cancel)."""
+        c, j, t = self.table.c, tables.jobs.c, tables.transfers.c
+        statement = (
+            sa.select(self.table, j.owner, j.credential, t.state.label("transfer_state"))
+            .select_from(self.table.join(tables.jobs, j.id == c.job_id).outerjoin(tables.transfers,
+                                                                                 t.id == c.transfer_id))
+            .where(j.state.in_(list(job_ended)),
+                   sa.or_(c.state == "pending",
+                          sa.and_(c.state == "created", t.state.not_in(list(transfer_ended)))))
+            .limit(200)
+        )
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(statement).all()]
+
+
 class TemplateRepository:
     """Versions of job templates, keyed by (name, version)."""
 
@@ -534,6 +605,7 @@ class Store:
         self.jobs = JobRepository(engine, self.events)
         self.tasks = JobTaskRepository(engine)
         self.dependencies = JobDependencyRepository(engine)
+        self.job_transfers = JobTransferRepository(engine)
         self.transfers = TransferRepository(engine, self.events)
         self.batches = BatchRepository(engine)
         self.batch_files = BatchFileRepository(engine)

@@ -96,6 +96,30 @@ jobs = sa.Table(
     # Why the gateway is cancelling the job (e.g. a dependency that can never be satisfied): the reason
     # the job ends with once the cancellation took effect.
     sa.Column("cancel_reason", sa.Text),
+    # A job that stages its own data (``inputs``/``outputs``): staging_in | submitted | staging_out | done;
+    # null for a job without them. ``end_state``: the job's own outcome, kept while its outputs stage.
+    sa.Column("phase", sa.String(16)),
+    sa.Column("end_state", sa.String(16)),
+)
+
+# The transfers a job stages its data with (``inputs`` / ``outputs``), in request order. The transfer id
+# is chosen when the job is accepted, so making the transfer again after a crash finds it made already.
+# ``request_enc``: the Fernet token of the transfer request (S3 keys, signed URLs) until the transfer is
+# made; ``state``: pending (not made yet) | created | skipped (an output whose ``when`` did not match).
+job_transfers = sa.Table(
+    "job_transfers",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("role", sa.String(8), primary_key=True),  # input | output
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("transfer_id", sa.String(36), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # http | s3_data | s3_result
+    sa.Column("when", sa.String(8)),  # outputs: success | always
+    sa.Column("path", sa.Text, nullable=False),  # dst of an input, src of an output, as requested
+    sa.Column("request_enc", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("reason", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # The tasks of an array job: one row per index, written when the job is created.

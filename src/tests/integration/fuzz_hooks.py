@@ -6,7 +6,7 @@ They keep the generated requests local and let some reach the deep paths:
   and transfer creation gets past the lookup to its own checks;
 - every address a request would make the gateway resolve or connect to is an IP literal on this box or
   a link-local one (refused before any connection): registration and PATCH hosts, HTTP sources, S3
-  endpoints. No fuzzed host name ever reaches DNS;
+  endpoints (a job's inputs and outputs too). No fuzzed host name ever reaches DNS;
 - ``GET /events`` reads the stored events and ends (``follow=false`` where the case left it out or
   valid): a followed stream never ends, and Schemathesis reads each one for the whole request timeout
   (60 s a case, once the stream's schema lets its events pass).
@@ -48,6 +48,13 @@ def map_body(context, body):
         body["src"] = "http://127.0.0.1:8081/hello.txt" if len(repr(body)) % 2 else "http://169.254.169.254/x"
     if path in ("/s3_data", "/s3_result") and _valid_string(body, "endpoint", 2048):
         body["endpoint"] = "http://127.0.0.1:9000" if len(repr(body)) % 2 else "http://169.254.169.254"
+    if path in ("/job", "/job/dry_run"):  # a job's inputs and outputs: HTTP sources and S3 endpoints
+        for item in [i for key in ("inputs", "outputs") if isinstance(body.get(key), list) for i in body[key]]:
+            if isinstance(item, dict) and _valid_string(item, "url", 8192):
+                item["url"] = "http://127.0.0.1:8081/hello.txt" if len(repr(item)) % 2 else "http://169.254.169.254/x"
+            s3 = item.get("s3") if isinstance(item, dict) else None
+            if isinstance(s3, dict) and _valid_string(s3, "endpoint", 2048):
+                s3["endpoint"] = "http://127.0.0.1:9000" if len(repr(item)) % 2 else "http://169.254.169.254"
     return body
 
 

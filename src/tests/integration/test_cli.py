@@ -21,6 +21,7 @@ import uuid
 
 import boto3
 import pytest
+import requests
 
 from tests.support import REPO, TESTBED_ENV, TESTBED_INFRASTRUCTURES, infrastructure_body, new_gateway, read_env_file
 
@@ -282,6 +283,30 @@ def test_transfers_json_round_trip_and_failure(gateway, s3, testbed):
     assert started["status"] in ("transferring", "completed")
     done = cli_json(gateway, "transfer", "wait", started["id"], "--kind", "http", token="user")
     assert (done["state"], done["dst"]) == ("completed", "cli/hello.txt")
+
+
+def test_job_submit_with_inputs_and_outputs(gateway, s3, testbed):
+    """--input (an http URL and an s3:// object) and --output (when success and always) in one command;
+    S3 keys from the same environment variables as the transfer commands."""
+    bucket, client = s3["bucket"], s3["client"]
+    client.put_object(Bucket=bucket, Key="flow/in.txt", Body=b"from s3\n")
+    run = f"flow-{uuid.uuid4().hex[:8]}"
+    done = cli_json(gateway, "job", "submit", "-i", "tb-slurm", "--workdir", f"cli/{run}",
+                    "--input", f"s3://{bucket}/flow/in.txt=cli/{run}/a.txt",
+                    "--input", f"{testbed['TESTBED_HTTP_URL']}/hello.txt=cli/{run}/b.txt",
+                    "--output", f"cli/{run}/both.txt=s3://{bucket}/flow/both.txt",
+                    "--output", f"cli/{run}/both.txt=s3://{bucket}/flow/always.txt,when=always",
+                    "--wait", "--", "sh", "-c", "cat a.txt b.txt > both.txt", token="user", **s3["env"])
+    assert (done["state"], done["phase"]) == ("completed", "done"), done
+    assert [(i["kind"], i["state"]) for i in done["inputs"]] == [("s3_data", "completed"), ("http", "completed")]
+    assert [(o["when"], o["state"]) for o in done["outputs"]] == [("success", "completed"), ("always", "completed")]
+    hello = requests.get(f"{testbed['TESTBED_HTTP_URL']}/hello.txt", timeout=10).content
+    assert client.get_object(Bucket=bucket, Key="flow/both.txt")["Body"].read() == b"from s3\n" + hello
+    assert s3["env"]["HPC_S3_SECRET_KEY"] not in json.dumps(done)
+    missing = cli(gateway, "job", "submit", "-i", "tb-slurm", "--input", f"s3://{bucket}/x=cli/x", "--", "true",
+                  token="user")
+    assert missing.returncode == 2
+    assert "--input names an S3 object: give --endpoint, --access-key, --secret-key" in missing.stderr
 
 
 def test_serve_and_token_keep_working(tmp_path):

@@ -121,3 +121,17 @@ def test_07_job_array(setup):
     assert "array: state completed, tasks {'completed': 100}" in result.stdout
     assert "task 42 said: task 42 of 100 on " in result.stdout
     assert "gather read 100 files; the sum of the squares is 328350" in result.stdout
+
+
+def test_08_serrano_one_request(setup):
+    registered(setup)
+    result = run_example(setup, "08_serrano_one_request.py", timeout=600)
+    out = result.stdout
+    assert "the spectrum peaks at bin 8" in out
+    # watched over the event stream: the phases in order, the legacy status as the seed's clients read it
+    phases = [line.rsplit("phase ", 1)[1] for line in out.splitlines() if " job.phase " in line]
+    assert phases == ["staging_in", "submitted", "staging_out", "done"]
+    assert "state held (status queued)" in out
+    assert "state staging_out (status running" in out
+    assert "state completed (status completed, exit code 0)" in out
+    assert out.count("transfer.state") >= 4  # each transfer's queued ... completed

@@ -84,7 +84,7 @@ def test_filters_keep_users_to_their_own_events_and_name_bad_fields():
 
 
 def test_every_rule_names_a_known_event_type():
-    assert set(EVENT_TYPES) == {"job.state", "job.output", "job.tasks", "job.held", "job.released",
+    assert set(EVENT_TYPES) == {"job.state", "job.output", "job.tasks", "job.held", "job.released", "job.phase",
                                 "transfer.state", "transfer.progress"}
     assert {rule.type for rules in RULES.values() for rule in rules} == set(EVENT_TYPES)
 
