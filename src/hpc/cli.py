@@ -28,11 +28,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import click
 
 from hpc import __version__
+from datetime import UTC
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -704,8 +706,8 @@ def _show_dry_run(shown: Mapping[str, Any]) -> None:
 
 @job.command("list")
 @click.option("-i", "--infra", "infrastructure", help="Only jobs on this infrastructure.")
-@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "staging_out", "completed", "failed",
-                                            "cancelled", "timeout", "unknown"]))
+@click.option("--state", type=click.Choice(["held", "submitting", "queued", "running", "staging_out", "completed",
+                                            "failed", "cancelled", "timeout", "unknown"]))
 @click.option("--since", metavar="ISO-TIME", help="Only jobs created at or after, e.g. 2026-01-01T00:00:00Z.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0)
@@ -875,7 +877,8 @@ def template_add(name, body_file, schema_file, description, resources, from_file
     if from_file:
         loaded = _load_document(from_file)
         if not isinstance(loaded, Mapping):
-            raise click.BadParameter("expected a mapping with body (and name, parameters, ...)", param_hint="--from-file")
+            raise click.BadParameter("expected a mapping with body (and name, parameters, ...)",
+                                     param_hint="--from-file")
         document.update(loaded)
     if name:
         document["name"] = name
@@ -1458,14 +1461,14 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def _moment(value: str | None, option: str, *, future: bool) -> str | None:
     """An ISO 8601 time as given, or a duration (``90m``, ``12h``, ``7d``) from now (ahead or back)."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     if value is None:
         return None
     match = _DURATION.match(value.strip())
     if match:
         delta = timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)])
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         return (now + delta if future else now - delta).isoformat().replace("+00:00", "Z")
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import requests
 
@@ -118,7 +119,7 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -270,7 +271,8 @@ class Client:
                    workdir: str | None = None, env: Mapping[str, str] | None = None,
                    watch_period: float | None = None, reservation: str | None = None,
                    array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
-                   inputs: Sequence[Mapping[str, Any]] | None = None, outputs: Sequence[Mapping[str, Any]] | None = None,
+                   inputs: Sequence[Mapping[str, Any]] | None = None,
+                   outputs: Sequence[Mapping[str, Any]] | None = None,
                    **extra: Any) -> JobStatus:
         """POST /job: answers at once (state ``submitting``); the scheduler gets the job in the background.
 
@@ -302,7 +304,8 @@ class Client:
                     workdir: str | None = None, env: Mapping[str, str] | None = None,
                     watch_period: float | None = None, reservation: str | None = None,
                     array: str | None = None, after: Sequence[str | Mapping[str, str]] | None = None,
-                    inputs: Sequence[Mapping[str, Any]] | None = None, outputs: Sequence[Mapping[str, Any]] | None = None,
+                    inputs: Sequence[Mapping[str, Any]] | None = None,
+                    outputs: Sequence[Mapping[str, Any]] | None = None,
                     **extra: Any) -> JobDryRun:
         """POST /job/dry_run: what :meth:`submit_job` with the same arguments would send, without
         submitting (the batch script, the payload, the submit command, the resolved resources). Pass its
@@ -653,7 +656,7 @@ class Client:
                         raise errors.WaitTimeout(what, timeout or 0, last)
                     notifier.wait(_EVENT_WAIT_POLL if left is None else min(_EVENT_WAIT_POLL, left))
                 else:
-                    _sleep(poll, deadline, what, timeout, lambda: last)
+                    _sleep(poll, deadline, what, timeout, lambda: last)  # noqa: B023 (called in this iteration)
         finally:
             if notifier is not None:
                 notifier.close()

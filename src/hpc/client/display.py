@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Mapping
+from datetime import datetime, UTC
+from typing import IO, Any
+from collections.abc import Callable, Iterable, Mapping
 
 from rich.console import Console
 from rich.filesize import decimal as _size
@@ -62,8 +63,8 @@ def _since(timestamp: str | None) -> float | None:
     except ValueError:
         return None
     if start.tzinfo is None:
-        start = start.replace(tzinfo=timezone.utc)
-    return max(0.0, (datetime.now(timezone.utc) - start).total_seconds())
+        start = start.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - start).total_seconds())
 
 
 def job_line(job: Mapping[str, Any]) -> str:

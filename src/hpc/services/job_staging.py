@@ -33,7 +33,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from hpc.errors import Conflict, DomainError, InvalidInput, NotFound
 from hpc.security import Principal, SecretBox
@@ -99,7 +100,8 @@ def inputs_outcome(links: Sequence[dict[str, Any]]) -> InputsOutcome:
     return InputsOutcome("ready")
 
 
-def final_outcome(end_state: str, reason: str | None, outputs: Sequence[dict[str, Any]]) -> tuple[str, str | None] | None:
+def final_outcome(end_state: str, reason: str | None,
+                  outputs: Sequence[dict[str, Any]]) -> tuple[str, str | None] | None:
     """The job's final ``(state, reason)`` once every output that runs has ended; None while one has not.
     ``outputs``: the links of the outputs that run, each with its ``transfer`` row (None: not made)."""
     failed = []
@@ -338,9 +340,10 @@ class JobStaging:
                                                     state="skipped", request_enc=None,
                                                     reason="the job was cancelled before this output started")
             self.cancel_transfers(job)
-        fresh = {(l["role"], l["position"]): l for l in self.store.job_transfers.for_jobs([job["id"]])[job["id"]]}
-        running = [fresh[("output", l["position"])] for l in running]
-        running = [l for l in running if l["state"] != "skipped"]
+        links = self.store.job_transfers.for_jobs([job["id"]])[job["id"]]
+        fresh = {(link["role"], link["position"]): link for link in links}
+        running = [fresh[("output", link["position"])] for link in running]
+        running = [link for link in running if link["state"] != "skipped"]
         decided = final_outcome(end_state, job["reason"], running)
         if decided is None:
             return

@@ -16,9 +16,10 @@ cluster, and submits it; the submit command leaves the scheduler's id in ``<job_
 gateway that died mid-submission adopts that id instead of submitting again.
 
 One poller per infrastructure (one replica holds its lease) sends ONE status command per period for all
-the infrastructure's active jobs, array tasks included (:mod:`hpc.services.job_arrays`). Jobs that left the queue get their outcome from the ``exit_code`` file
-the batch script writes, read for all of them in one more command. SSH or scheduler faults never end a
-job: it keeps its state with the fault as ``reason``, and tracking resumes when the cluster answers.
+the infrastructure's active jobs, array tasks included (:mod:`hpc.services.job_arrays`). Jobs that left
+the queue get their outcome from the ``exit_code`` file the batch script writes, read for all of them in
+one more command. SSH or scheduler faults never end a job: it keeps its state with the fault as
+``reason``, and tracking resumes when the cluster answers.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 from hpc.config import Config
@@ -209,7 +210,7 @@ def job_dir_failure(exc: BaseException, job_dir: str) -> str | None:
 
 def _epoch(text: str | None) -> datetime | None:
     try:
-        return datetime.fromtimestamp(int(text.strip()), timezone.utc) if text and text.strip() else None
+        return datetime.fromtimestamp(int(text.strip()), UTC) if text and text.strip() else None
     except (ValueError, OverflowError):
         return None
 
@@ -440,7 +441,7 @@ class JobService:
         try:
             content = json.loads(self.infrastructures.secrets.decrypt(token))
             return (str(uuid.UUID(content["job"])), str(content["owner"]),
-                    datetime.fromtimestamp(int(content["expires"]), timezone.utc))
+                    datetime.fromtimestamp(int(content["expires"]), UTC))
         except (ValueError, TypeError, KeyError):
             raise InvalidInput("reservation is not one this gateway issued (from POST /job/dry_run)",
                                "reservation") from None
@@ -1048,7 +1049,7 @@ class JobService:
             for plan in plans:
                 self._apply_array(plan, infra, files.get(plan.job["id"], {}))
 
-    def _plan_array(self, job: dict[str, Any], native, tasks: list[dict[str, Any]], statuses, scheduler) -> "ArrayPlan":
+    def _plan_array(self, job: dict[str, Any], native, tasks: list[dict[str, Any]], statuses, scheduler) -> ArrayPlan:
         """How the scheduler lists each unfinished task of an array, and whose files to read."""
         listed = (native.tasks or {}) if native is not None else {}
         queued = None
@@ -1071,7 +1072,7 @@ class JobService:
                 self._cancel_for(job["id"], reason)
         return ArrayPlan(job, native, tasks, observed, reads[: job_arrays.MAX_TASK_READS])
 
-    def _apply_array(self, plan: "ArrayPlan", infra: dict[str, Any], files: dict[int, job_arrays.TaskFiles]) -> None:
+    def _apply_array(self, plan: ArrayPlan, infra: dict[str, Any], files: dict[int, job_arrays.TaskFiles]) -> None:
         """Records what one poll learnt about an array's tasks, then the array's own state."""
         job = plan.job
         walltime = self._resources(job["spec"].get("resources") or {}, infra, job["spec"]["kind"]).walltime_s
@@ -1105,7 +1106,8 @@ class JobService:
             if outcome["state"] == "cancelled" and job["cancel_reason"]:
                 reason = job["cancel_reason"]
             self._end(job, outcome["state"], exit_code=outcome["exit_code"], reason=reason,
-                      native_state=update.get("native_state", job["native_state"]), ended_at=max(ends) if ends else None,
+                      native_state=update.get("native_state", job["native_state"]),
+                      ended_at=max(ends) if ends else None,
                       **{k: v for k, v in update.items() if k in ("task_counts", "started_at")})
             return
         state = advance(JobState(job["state"]) if job["state"] != SUBMITTING else JobState.QUEUED,
@@ -1168,7 +1170,7 @@ class JobService:
         self.store.jobs.update(job["id"], **changes)
 
     def _finish_from_files(self, infra: dict[str, Any], gone: list[tuple[dict[str, Any], Any]],
-                           starting: list[dict[str, Any]] = (), plans: list["ArrayPlan"] = ()
+                           starting: list[dict[str, Any]] = (), plans: list[ArrayPlan] = ()
                            ) -> dict[str, dict[int, job_arrays.TaskFiles]] | None:
         """Reads the job files (exit_code, started, ended) in one command: ends the jobs that left the
         queue or that the scheduler reports ended, and records when ``starting`` jobs began. The same
@@ -1183,7 +1185,8 @@ class JobService:
             'for f in exit_code started ended; do printf "%s=" "$f"; cat "$d/$f" 2>/dev/null || echo; done'
             for job in [job for job, _ in gone] + list(starting)
         ]
-        parts += [f"printf '@@%s\\n' {quote(plan.job['id'])}; {job_arrays.read_command(plan.job['job_dir'], plan.reads)}"
+        parts += [f"printf '@@%s\\n' {quote(plan.job['id'])}; "
+                  + job_arrays.read_command(plan.job["job_dir"], plan.reads)
                   for plan in plans if plan.reads]
         script = "; ".join(parts)
         self._count(infra["name"], "exit_codes")

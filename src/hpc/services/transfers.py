@@ -28,7 +28,8 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from hpc.config import Config
 from hpc.errors import ClusterUnavailable, Conflict, InvalidInput, NotFound

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -163,7 +164,8 @@ class InfrastructureRepository(_Repository):
         c = self.table.c
         with self.engine.begin() as conn:
             conn.execute(
-                self.table.update().where(c.name == name, c.poll_owner == owner).values(poll_owner=None, poll_until=None)
+                self.table.update().where(c.name == name, c.poll_owner == owner)
+                .values(poll_owner=None, poll_until=None)
             )
 
 
@@ -193,7 +195,8 @@ class JobRepository(_Repository):
     def active_infrastructures(self, terminal: Iterable[str]) -> list[str]:
         c = self.table.c
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(c.infrastructure).where(c.state.not_in(list(terminal))).distinct()).scalars())
+            statement = sa.select(c.infrastructure).where(c.state.not_in(list(terminal))).distinct()
+            return list(conn.execute(statement).scalars())
 
     def staging(self, phases: Iterable[str], terminal: Iterable[str]) -> list[dict[str, Any]]:
         """Unfinished jobs in one of ``phases`` (staging their inputs or outputs)."""

@@ -35,7 +35,8 @@ def test_inputs_wait_until_all_completed_and_name_the_first_failure():
                               link(2, state="pending", transfer_state=None)])
     assert (waiting.verdict, waiting.reason) == (
         "wait", "staging inputs: inputs.1 (transferring, 5/10 bytes), inputs.2 (not started)")
-    failed = inputs_outcome([link(0, transfer_state="transferring"), link(1, transfer_state="failed", reason="HTTP 404")])
+    failed = inputs_outcome([link(0, transfer_state="transferring"),
+                             link(1, transfer_state="failed", reason="HTTP 404")])
     assert (failed.verdict, failed.reason) == (
         "failed", "inputs.1 (transfer t1) failed: HTTP 404; the job was not submitted")
     cancelled = inputs_outcome([link(0, transfer_state="cancelled", reason="cancelled by its owner")])
@@ -61,6 +62,7 @@ def test_a_cancel_while_outputs_stage_names_what_was_not_uploaded():
     from hpc.services.job_staging import cancelled_reason
 
     assert cancelled_reason("completed", 0, [link(0), link(1, transfer_state="cancelled")]) == (
-        "cancelled while its outputs were staged (the job itself ended completed, exit code 0); not uploaded: outputs.1")
+        "cancelled while its outputs were staged (the job itself ended completed, exit code 0); "
+        "not uploaded: outputs.1")
     assert cancelled_reason("timeout", None, [link(0)]) == (
         "cancelled while its outputs were staged (the job itself ended timeout)")
