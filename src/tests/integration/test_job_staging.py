@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.integration.test_jobs_api import wait_job
-from tests.integration.test_transfers import make_cluster_dir, CLUSTER_HOME, s3, www  # noqa: F401 (fixtures)
+from tests.staging_live import CLUSTER_HOME, make_cluster_dir, s3, www  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration]
 
@@ -44,7 +44,7 @@ def signal_csv(samples: int = 512, frequency_bin: int = 8) -> str:
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, testbed):
     """One gateway for the module's tests, with the testbed registered as tb-slurm."""
-    from tests.integration.test_transfers import start_gateway
+    from tests.staging_live import start_gateway
 
     gateway = start_gateway(tmp_path_factory, testbed)
     yield gateway
@@ -147,7 +147,7 @@ def test_a_failed_output_fails_a_completed_job(flow, testbed, s3, workdir):  # n
 
 def test_cancel_during_staging_in_and_out_cancels_the_transfers(tmp_path_factory, testbed, www, s3,  # noqa: F811
                                                                 workdir):
-    from tests.integration.test_transfers import start_gateway
+    from tests.staging_live import start_gateway
 
     slow = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="1MB")
     try:
@@ -205,7 +205,7 @@ def test_kill_9_during_staging_in_and_staging_out_completes_the_flow_once(tmp_pa
                                                                            workdir):
     """The gateway is killed while the input downloads and again while the output uploads; each time a
     restart carries on from the store: one transfer per input/output, one submission, the right object."""
-    from tests.integration.test_transfers import start_gateway
+    from tests.staging_live import start_gateway
 
     gateway = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="3MB", HPC_TRANSFER_LEASE_SECONDS="3",
                             HPC_TRANSFER_RETRY_DELAY="0.5")
