@@ -334,9 +334,12 @@ class JobDependencyRepository:
         return found
 
     def pending(self, terminal: Iterable[str], held: str = "held") -> list[dict[str, Any]]:
-        """Undecided dependencies of jobs that have not ended, and every dependency of a ``held`` job
-        (one whose dependencies were all decided, by a gateway stopped before it released the job), with
-        the state of the job (``job_*``) and of its target (``target_*``; None when it does not exist)."""
+        """Undecided dependencies of jobs that have not ended, undecided ones of ended jobs whose target
+        has ended too (a native dependant can end in the poll that sees its predecessor end, before a
+        look decided the dependency: it is decided once more, for the record), and every dependency of a
+        ``held`` job (one whose dependencies were all decided, by a gateway stopped before it released
+        the job), with the state of the job (``job_*``) and of its target (``target_*``; None when it does
+        not exist)."""
         d, j = self.table.c, tables.jobs.c
         target = tables.jobs.alias("target")
         t = target.c
@@ -347,7 +350,10 @@ class JobDependencyRepository:
                       t.spec.label("target_spec"))
             .join(tables.jobs, j.id == d.job_id)
             .join(target, t.id == d.target_id, isouter=True)
-            .where(sa.or_(d.state == "pending", j.state == held), d.kind == "job", j.state.not_in(list(terminal)))
+            .where(d.kind == "job", sa.or_(
+                sa.and_(d.state == "pending", j.state.not_in(list(terminal))),
+                sa.and_(d.state == "pending", t.state.in_(list(terminal))),
+                j.state == held))
             .order_by(d.job_id, d.position)
         )
         with self.engine.connect() as conn:

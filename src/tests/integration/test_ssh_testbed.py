@@ -482,7 +482,8 @@ def test_pool_reuses_and_replaces():
         assert first.is_alive() is False
         changed.run("true")
         changed.run("true")
-        assert pool.stats() == {"cluster": {"connections_opened": 1, "commands_run": 2, "alive": True}}
+        assert pool.stats() == {"cluster": {"connections_opened": 1, "commands_run": 2, "alive": True,
+                                            "data_connections_opened": 0}}
         pool.drop("cluster")
         assert changed.is_alive() is False
         assert pool.stats() == {}

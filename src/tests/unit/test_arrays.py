@@ -392,16 +392,26 @@ def test_task_and_dependency_tables(tmp_path):
     store.jobs.insert(job_row("pred", "completed", scheduler_id="12"))
     store.jobs.insert(job_row("held-1", "held", spec={"after": [{"job": "pred", "condition": "ok"}]}))
     store.jobs.insert(job_row("done", "completed"))
+    store.jobs.insert(job_row("runner", "running", scheduler_id="13"))
+    store.jobs.insert(job_row("done-early", "cancelled"))
     dep = {"kind": "job", "condition": "ok", "mode": "gateway", "native": None, "updated_at": now}
     store.dependencies.insert_many([{**dep, "job_id": "held-1", "position": 0, "target_id": "pred",
                                      "state": "satisfied"},
                                     {**dep, "job_id": "done", "position": 0, "target_id": "pred", "state": "pending"},
                                     {**dep, "job_id": "held-1", "position": 1, "target_id": "gone",
-                                     "state": "satisfied"}])
+                                     "state": "satisfied"},
+                                    {**dep, "job_id": "done-early", "position": 0, "target_id": "runner",
+                                     "state": "pending"}])
     pending = store.dependencies.pending(ended)
-    # A held job is looked at although every dependency is decided; an ended job's never is.
+    # A held job is looked at although every dependency is decided. An ended job's undecided dependency
+    # is looked at once its target has ended too (a native dependant may end in the poll that sees its
+    # predecessor end), not while the target runs.
     assert [(d["job_id"], d["position"], d["target_state"]) for d in pending] == [
-        ("held-1", 0, "completed"), ("held-1", 1, None)]
+        ("done", 0, "completed"), ("held-1", 0, "completed"), ("held-1", 1, None)]
+    assert job_dependencies.decide("completed", pending[:1]).satisfied == [0]
+    assert store.dependencies.update("done", 0, state="satisfied") is True
+    pending = store.dependencies.pending(ended)
+    assert [(d["job_id"], d["position"]) for d in pending] == [("held-1", 0), ("held-1", 1)]
     assert job_dependencies.decide("held", pending).release is True
     assert store.dependencies.update("held-1", 1, state="unsatisfiable") is True
     assert [d["state"] for d in store.dependencies.for_jobs(["held-1"])["held-1"]] == ["satisfied", "unsatisfiable"]
