@@ -207,13 +207,15 @@ def test_kill_9_during_staging_in_and_staging_out_completes_the_flow_once(tmp_pa
     restart carries on from the store: one transfer per input/output, one submission, the right object."""
     from tests.staging_live import start_gateway
 
-    gateway = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="3MB", HPC_TRANSFER_LEASE_SECONDS="3",
+    # 1 MB/s: the 10 MiB input still has seconds to go after the restart (at 3 MB/s the resumed input
+    # could finish while the gateway started, and the look after the restart found the job submitted).
+    gateway = start_gateway(tmp_path_factory, testbed, HPC_TRANSFER_MAX_RATE="1MB", HPC_TRANSFER_LEASE_SECONDS="3",
                             HPC_TRANSFER_RETRY_DELAY="0.5")
     bucket, client = s3["bucket"], s3["client"]
     key = f"crash/{uuid.uuid4().hex[:8]}/out.bin"
     try:
-        # 16 MiB of output: at 3 MB/s (HPC_TRANSFER_MAX_RATE) its upload is long enough to be interrupted.
-        script = "head -c 16777216 /dev/urandom > out.bin\nsha256sum in.bin out.bin\n"
+        # 8 MiB of output: at 1 MB/s (HPC_TRANSFER_MAX_RATE) its upload is long enough to be interrupted.
+        script = "head -c 8388608 /dev/urandom > out.bin\nsha256sum in.bin out.bin\n"
         job = create(gateway, workdir=workdir, script=script,
                      inputs=[{"s3": s3_object(testbed, bucket, "in/ten.bin"), "dst": f"{workdir}/in.bin"}],
                      outputs=[{"src": f"{workdir}/out.bin", "s3": s3_object(testbed, bucket, key)}])
