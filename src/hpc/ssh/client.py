@@ -499,34 +499,7 @@ class SSHConnection:
             SSHChannelError: The server refused the channel or the sftp subsystem.
             SSHError: Any connection error of :meth:`connect`.
         """
-        where = f"{self.target.host}:{self.target.port}"
-        if not self._channels.acquire(timeout=self.target.connect_timeout):
-            raise SSHTimeout(f"no free channel on {where} within {self.target.connect_timeout:g}s")
-        release = _Once(self._channels.release)
-        try:
-            for attempt in (1, 2):
-                transport = self._ensure_transport()
-                try:
-                    channel = transport.open_session(timeout=self.target.connect_timeout)
-                except paramiko.ChannelException as e:
-                    raise SSHChannelError(f"{where} refused a channel: {e}") from None
-                except (paramiko.SSHException, EOFError, OSError) as e:
-                    self._discard(transport)
-                    if attempt == 1:
-                        continue
-                    raise SSHChannelError(f"cannot open a channel on {where}: {e}") from None
-                try:
-                    channel.invoke_subsystem("sftp")
-                    client = _PooledSFTPClient(channel, release)
-                except (paramiko.SSHException, EOFError, OSError) as e:
-                    channel.close()
-                    raise SSHChannelError(f"sftp subsystem on {where} failed: {e}") from None
-                weakref.finalize(client, release)
-                return client
-            raise AssertionError("unreachable")
-        except BaseException:
-            release()
-            raise
+        return self._open_subsystem("sftp", _PooledSFTPClient)
 
     def open_stream(self, subsystem: str = "sftp", timeout: float | None = None) -> ChannelStream:
         """Start a subsystem on a new channel of the pooled transport: a byte stream to it.
@@ -539,6 +512,12 @@ class SSHConnection:
             SSHChannelError: The server refused the channel or the subsystem.
             SSHError: Any connection error of :meth:`connect`.
         """
+        limit = timeout or self.target.connect_timeout * 6
+        return self._open_subsystem(subsystem, lambda channel, release: ChannelStream(channel, limit, release))
+
+    def _open_subsystem(self, subsystem: str, wrap):
+        """A new channel of the pooled transport running ``subsystem``, handed to ``wrap(channel,
+        release)``; the channel slot is released once, when what ``wrap`` made is closed or collected."""
         where = f"{self.target.host}:{self.target.port}"
         if not self._channels.acquire(timeout=self.target.connect_timeout):
             raise SSHTimeout(f"no free channel on {where} within {self.target.connect_timeout:g}s")
@@ -557,17 +536,16 @@ class SSHConnection:
                     raise SSHChannelError(f"cannot open a channel on {where}: {e}") from None
                 try:
                     channel.invoke_subsystem(subsystem)
+                    handle = wrap(channel, release)
                 except (paramiko.SSHException, EOFError, OSError) as e:
                     channel.close()
                     raise SSHChannelError(f"{subsystem} subsystem on {where} failed: {e}") from None
-                stream = ChannelStream(channel, timeout or self.target.connect_timeout * 6, release)
-                weakref.finalize(stream, release)
-                return stream
+                weakref.finalize(handle, release)
+                return handle
             raise AssertionError("unreachable")
         except BaseException:
             release()
             raise
-
 
 class _Once:
     """Calls a function at most once (a semaphore slot is released exactly once)."""

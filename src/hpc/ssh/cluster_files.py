@@ -21,43 +21,16 @@ import posixpath
 import re
 import stat as st
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import paramiko
 
 from hpc.ssh.errors import SSHChannelError, SSHError, SSHTimeout
+from hpc.transport import FileInfo
 from hpc.shell import quote
 
 CHUNK = 1024 * 1024  # bytes held per step of a streamed read
 _PIECE = 32 * 1024  # one SFTP read request (OpenSSH's sftp-server answers at most 256 KiB; paramiko asks 32 KiB)
 _HASH_LINE = re.compile(r"^\\?([0-9a-f]{64}) ")
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """What a stat or a directory listing says about one file.
-
-    Attributes:
-        name: The path given to ``stat``, or the entry's name in a listing.
-        size: Bytes.
-        mtime: Modification time, whole seconds since the epoch.
-        kind: ``file``, ``directory``, ``symlink`` or ``other``.
-        mode: Permission bits (``0o644``).
-    """
-
-    name: str
-    size: int
-    mtime: int
-    kind: str
-    mode: int = 0
-
-    @property
-    def is_file(self) -> bool:
-        return self.kind == "file"
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == "directory"
 
 
 class RemoteFileError(SSHError):
