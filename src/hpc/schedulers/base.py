@@ -412,6 +412,22 @@ def final_state_from_exit_code(
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def check_ids(ids: Sequence[str], pattern: re.Pattern[str], scheduler: str) -> list[str]:
+    """``ids`` as a list, each a full match of the scheduler's job id ``pattern`` (ValueError otherwise:
+    an id reaches a command line)."""
+    if not ids:
+        raise ValueError("no job ids given")
+    for job_id in ids:
+        if not isinstance(job_id, str) or not pattern.fullmatch(job_id):
+            raise ValueError(f"not a {scheduler} job id: {job_id!r}")
+    return list(ids)
+
+
+def hours_minutes_seconds(seconds: int) -> str:
+    """``HH:MM:SS``, the hours past 24 if need be (PBS walltime, Grid Engine h_rt, Slurm's time of day)."""
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def check_directive_value(name: str, value: str) -> str:
     """Refuse what no directive line can carry the same way for the scheduler and for bash.
 

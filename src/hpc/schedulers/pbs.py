@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 from hpc.schedulers.arrays import group_by_condition
 from hpc.schedulers.base import (
+    check_ids,
+    hours_minutes_seconds,
     JobSpec,
     JobState,
     NativeStatus,
@@ -111,17 +113,12 @@ def _plain_value(name: str, value: str) -> str:
 
 
 def _check_ids(ids: Sequence[str]) -> list[str]:
-    if not ids:
-        raise ValueError("no job ids given")
-    for job_id in ids:
-        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-            raise ValueError(f"not a PBS job id: {job_id!r}")
-    return list(ids)
+    return check_ids(ids, JOB_ID, "PBS")
 
 
 def format_walltime(seconds: int) -> str:
     """PBS walltime ``HH:MM:SS`` (hours may exceed 24)."""
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return hours_minutes_seconds(seconds)
 
 
 class PbsScheduler(Scheduler):

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 from hpc.schedulers.arrays import expand_ranges
 from hpc.schedulers.base import (
+    check_ids,
+    hours_minutes_seconds,
     RC_MARK,
     JobSpec,
     JobState,
@@ -126,17 +128,12 @@ def _plain(name: str, value: str, pattern: re.Pattern) -> str:
 
 
 def _check_ids(ids: Sequence[str]) -> list[str]:
-    if not ids:
-        raise ValueError("no job ids given")
-    for job_id in ids:
-        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-            raise ValueError(f"not a Grid Engine job id: {job_id!r}")
-    return list(ids)
+    return check_ids(ids, JOB_ID, "Grid Engine")
 
 
 def format_walltime(seconds: int) -> str:
     """``h_rt`` as ``HH:MM:SS`` (hours may exceed 24)."""
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return hours_minutes_seconds(seconds)
 
 
 def _xml(text: str, what: str) -> ET.Element:

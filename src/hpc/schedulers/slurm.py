@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from hpc.schedulers.arrays import group_by_condition
 from hpc.schedulers.base import (
+    check_ids,
+    hours_minutes_seconds,
     JobSpec,
     JobState,
     NativeStatus,
@@ -93,7 +95,7 @@ def wait_status_exit(raw: int) -> int:
 def format_walltime(seconds: int) -> str:
     """``--time`` value: ``HH:MM:SS`` or ``D-HH:MM:SS`` (Slurm rounds up to whole minutes)."""
     days, rest = divmod(seconds, 86400)
-    hms = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    hms = hours_minutes_seconds(rest)
     return f"{days}-{hms}" if days else hms
 
 
@@ -103,12 +105,7 @@ def _path(name: str, value: str) -> str:
 
 
 def _check_ids(ids: Sequence[str]) -> list[str]:
-    if not ids:
-        raise ValueError("no job ids given")
-    for job_id in ids:
-        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-            raise ValueError(f"not a Slurm job id: {job_id!r}")
-    return list(ids)
+    return check_ids(ids, JOB_ID, "Slurm")
 
 
 class SlurmScheduler(Scheduler):
